@@ -22,6 +22,14 @@ def _is_name(x) -> bool:
     return isinstance(x, str)
 
 
+def _mark_synthetic(graph: nx.DiGraph, parent: str, leaf: str, display_names: Mapping[str, str]) -> None:
+    graph.nodes[leaf].update(
+        display_name=str(display_names.get(leaf, graph.nodes[parent]["display_name"] + " (itself)")),
+        aliases=(parent,),
+        synthetic=True,
+    )
+
+
 class Taxonomy:
     """A class hierarchy over a classifier's leaf classes.
 
@@ -138,6 +146,8 @@ class Taxonomy:
             A listed leaf that has children becomes an internal node and a
             synthetic leaf ``f"{name}.self"`` (child of ``name``, alias
             ``name``, display name ``"<display> (itself)"``) takes its column.
+            A listed sink named ``"<parent>.self"`` under ``parent`` is such a
+            synthetic leaf already (as written by :meth:`to_yaml`).
         display_names : mapping, optional
             Node name -> display name; default the name itself.
         aliases : mapping, optional
@@ -200,13 +210,22 @@ class Taxonomy:
                     raise TaxonomyError(f"node {v!r} has no children and is not in leaves")
 
         display_names = dict(display_names or {})
+        listed = set(leaf_list)
         for name in display_names:
-            if name not in graph:
+            if name not in graph and not (name.endswith(SELF_SUFFIX) and name[: -len(SELF_SUFFIX)] in listed):
                 raise TaxonomyError(f"display name given for unknown node {name!r}")
         for v in graph:
             graph.nodes[v]["display_name"] = str(display_names.get(v, v))
             graph.nodes[v]["aliases"] = ()
             graph.nodes[v]["synthetic"] = False
+
+        # A sink named "<parent>.self" is the synthetic leaf of a class that has
+        # children (written out explicitly by to_yaml / graph.edges): mark it as
+        # such, so rebuilding from the edges gives an equal taxonomy.
+        for leaf in leaf_list:
+            parent = leaf[: -len(SELF_SUFFIX)]
+            if leaf.endswith(SELF_SUFFIX) and graph.out_degree(leaf) == 0 and graph.has_edge(parent, leaf):
+                _mark_synthetic(graph, parent, leaf, display_names)
 
         # A labelled class that also has children (thousands in ImageNet-21k):
         # its own column goes to a synthetic child leaf so that every column is a
@@ -220,11 +239,7 @@ class Taxonomy:
             if own in graph:
                 raise TaxonomyError(f"duplicate name {own!r}: needed for the class {leaf!r} that has children")
             graph.add_edge(leaf, own)
-            graph.nodes[own].update(
-                display_name=graph.nodes[leaf]["display_name"] + " (itself)",
-                aliases=(leaf,),
-                synthetic=True,
-            )
+            _mark_synthetic(graph, leaf, own, display_names)
             final_leaves.append(own)
 
         leaf_set = set(final_leaves)
@@ -555,7 +570,7 @@ class Taxonomy:
             mark = "*" if self.graph.in_degree(v) > 1 else ""
             count = int(self._leaf_counts[self._node_pos[v]])
             label = d["display_name"] if d["display_name"] == v else f"{d['display_name']} [{v}]"
-            lines.append(f"{'  ' * indent}{label}{mark} ({count} leaves)" if count > 1 or v not in self._leaf_pos
+            lines.append(f"{'  ' * indent}{label}{mark} ({count} leaf{'' if count == 1 else 'ves'})" if count > 1 or v not in self._leaf_pos
                          else f"{'  ' * indent}{label}{mark}")
             if max_depth is not None and indent >= max_depth:
                 return
