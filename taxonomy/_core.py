@@ -284,7 +284,7 @@ class Taxonomy:
             try:
                 return table[names]
             except KeyError:
-                raise TaxonomyError(f"unknown {what} {names!r}") from None
+                raise TaxonomyError(f"unknown {what} {str(names)!r}") from None
         if isinstance(names, Integral) and not isinstance(names, bool):
             if not 0 <= names < size:
                 raise TaxonomyError(f"{what} index {names} out of range [0, {size})")
@@ -301,7 +301,7 @@ class Taxonomy:
         try:
             idx = np.fromiter((table[u] for u in uniq), dtype=np.int64, count=len(uniq))
         except KeyError as err:
-            raise TaxonomyError(f"unknown {what} {err.args[0]!r}") from None
+            raise TaxonomyError(f"unknown {what} {str(err.args[0])!r}") from None
         return idx[inverse].reshape(arr.shape)
 
     def node_index(self, names) -> int | np.ndarray:
@@ -347,7 +347,7 @@ class Taxonomy:
         uniq, inverse = np.unique(arr.astype(str), return_inverse=True)
         idx = np.fromiter((self._label_pos.get(u, -1) for u in uniq), dtype=np.int64, count=len(uniq))
         if missing == "raise" and (idx < 0).any():
-            raise TaxonomyError(f"unknown label {uniq[idx < 0][0]!r}: not a leaf name or alias")
+            raise TaxonomyError(f"unknown label {str(uniq[idx < 0][0])!r}: not a leaf name or alias")
         return idx[inverse].reshape(arr.shape)
 
     def check_classes(self, classes) -> None:
@@ -365,7 +365,7 @@ class Taxonomy:
     def _name(self, node) -> str:
         if _is_name(node):
             if node not in self._node_pos:
-                raise TaxonomyError(f"unknown node {node!r}")
+                raise TaxonomyError(f"unknown node {str(node)!r}")
             return str(node)
         return self.nodes[self.node_index(node)]
 
@@ -570,8 +570,8 @@ class Taxonomy:
             mark = "*" if self.graph.in_degree(v) > 1 else ""
             count = int(self._leaf_counts[self._node_pos[v]])
             label = d["display_name"] if d["display_name"] == v else f"{d['display_name']} [{v}]"
-            lines.append(f"{'  ' * indent}{label}{mark} ({count} leaf{'' if count == 1 else 'ves'})" if count > 1 or v not in self._leaf_pos
-                         else f"{'  ' * indent}{label}{mark}")
+            size = "" if v in self._leaf_pos else f" ({count} {'leaf' if count == 1 else 'leaves'})"
+            lines.append(f"{'  ' * indent}{label}{mark}{size}")
             if max_depth is not None and indent >= max_depth:
                 return
             kids = sorted(self.graph.successors(v), key=self._node_pos.__getitem__)
