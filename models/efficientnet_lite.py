@@ -68,9 +68,23 @@ def round_repeats(repeats: int, depth: float) -> int:
 
 
 class Conv2dSame(nn.Conv2d):
-    """Conv2d with TensorFlow "SAME" padding (asymmetric when the total is odd)."""
+    """Conv2d with TensorFlow "SAME" padding (asymmetric when the total is odd).
+
+    With stride 1 and an odd kernel, SAME padding is symmetric (``kernel // 2`` on each
+    side) whatever the input size, so the convolution pads by itself; only the stride-2
+    convolutions need the explicit, input-size dependent (and copying) ``F.pad``.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        kh, kw = self.kernel_size
+        self._static = self.stride == (1, 1) and self.dilation == (1, 1) and kh % 2 == 1 and kw % 2 == 1
+        if self._static:
+            self.padding = (kh // 2, kw // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._static:
+            return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
         ih, iw = x.shape[-2:]
         kh, kw = self.weight.shape[-2:]
         sh, sw = self.stride
@@ -186,3 +200,10 @@ class EfficientNetLite(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._fc(self._dropout(self.forward_features(x)))
+
+    def get_classifier(self) -> nn.Linear:
+        return self._fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the final layer by a freshly initialised ``num_features -> num_classes`` one."""
+        self._fc = nn.Linear(self.num_features, num_classes)
