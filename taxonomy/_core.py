@@ -426,8 +426,8 @@ class Taxonomy:
         numpy.ndarray, shape (N, n_nodes) or (n_nodes,), columns in :attr:`nodes` order
         """
         probs = self._check_probs(probs)
-        # (M^T P^T)^T keeps the sparse matrix on the left: one CSC pass.
-        return np.asarray(self._membership_csc.T @ probs.T).T
+        # Row-major output: decision rules then scan each sample's row.
+        return np.ascontiguousarray(probs @ self.membership)
 
     def rewards(self, prior=None) -> np.ndarray:
         """Information gain of predicting each node, in bits (DARTS rewards).
