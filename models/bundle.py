@@ -1,0 +1,449 @@
+"""The model bundle: everything prediction needs, in one self-checking directory.
+
+A bundle is a directory::
+
+    bundle.json       manifest: format, arch, preprocessing, TTA angles, temperature,
+                      sha256 of every other file, metrics, provenance, library versions
+    weights.pt        state dict (fp16 to keep the git footprint small; loaded as fp32)
+    taxonomy.yaml     the taxonomy whose leaves are the classifier's output columns
+    calibration.npz   probs (n x L) and labels (n,) of the held-out calibration split,
+                      computed with the bundle's own TTA and temperature
+    test.npz          (optional) the same for the test split, so reports need no CNN
+    split.json        (optional) image ids of each data split
+
+Like a torchvision weights entry, the bundle carries its own preprocessing and
+calibration, so at prediction time it is the single source of truth. Loading
+re-hashes every file and cross-checks the pieces, and refuses an inconsistent
+bundle with :class:`BundleError` rather than predicting garbage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from taxonomy import Taxonomy, TaxonomyError
+
+from models.preprocess import Preprocess
+from models.registry import ARCHS, create_model
+from models.tta import check_angles
+
+FORMAT = "hedged-bundle/1"
+MANIFEST = "bundle.json"
+WEIGHTS = "weights.pt"
+TAXONOMY = "taxonomy.yaml"
+CALIBRATION = "calibration.npz"
+TEST = "test.npz"
+SPLIT = "split.json"
+REQUIRED_FILES = (WEIGHTS, TAXONOMY, CALIBRATION)
+REQUIRED_KEYS = ("format", "arch", "num_classes", "preprocess", "tta_angles", "temperature", "files")
+
+#: The committed default model (clothing, 17 leaves).
+DEFAULT_BUNDLE = Path(__file__).resolve().parent / "bundles" / "clothing"
+
+
+class BundleError(ValueError):
+    """A model bundle is missing, tampered with, or internally inconsistent."""
+
+
+@dataclass
+class Bundle:
+    """A loaded model bundle (see the module docstring for the files).
+
+    Attributes
+    ----------
+    model : torch.nn.Module
+        In eval mode, float32, channels_last.
+    arch : str
+    taxonomy : Taxonomy
+        Its ``leaves`` are the model's output columns.
+    preprocess : Preprocess
+    tta_angles : tuple of float
+    temperature : float
+    calibration_probs, calibration_labels : np.ndarray
+        ``(n, L)`` posteriors and ``(n,)`` leaf indices of the calibration split.
+    metrics, provenance : dict
+    test_probs, test_labels : np.ndarray or None
+    split : dict or None
+        Split name -> list of image ids.
+    path : Path or None
+    """
+
+    model: nn.Module
+    arch: str
+    taxonomy: Taxonomy
+    preprocess: Preprocess
+    tta_angles: tuple[float, ...]
+    temperature: float
+    calibration_probs: np.ndarray
+    calibration_labels: np.ndarray
+    metrics: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    test_probs: np.ndarray | None = None
+    test_labels: np.ndarray | None = None
+    split: dict[str, list] | None = None
+    path: Path | None = None
+
+
+def sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    import numpy
+    import scipy
+    import torchvision
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": numpy.__version__,
+        "scipy": scipy.__version__,
+    }
+
+
+def _jsonable(obj):
+    """Numpy scalars/arrays -> plain Python, recursively (json.dump refuses numpy types)."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _head_size(state: dict[str, torch.Tensor], model: nn.Module) -> int | None:
+    for name, module in model.named_modules():
+        if module is model.get_classifier():
+            w = state.get(f"{name}.weight")
+            return None if w is None else int(w.shape[0])
+    return None
+
+
+def _check_probs(probs, labels, n_leaves: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+    p = np.asarray(probs, dtype=np.float64)
+    y = np.asarray(labels)
+    if p.ndim != 2 or p.shape[1] != n_leaves:
+        raise BundleError(f"{what} probs must be (n, {n_leaves}) to match the taxonomy leaves, got shape {p.shape}")
+    if y.shape != (p.shape[0],) or not np.issubdtype(y.dtype, np.integer):
+        raise BundleError(f"{what} labels must be {p.shape[0]} integer leaf indices, got shape {y.shape} {y.dtype}")
+    if len(y) and (y.min() < 0 or y.max() >= n_leaves):
+        raise BundleError(f"{what} labels must be leaf indices in [0, {n_leaves}), got [{y.min()}, {y.max()}]")
+    if not np.all(np.isfinite(p)) or (p < 0).any() or (len(p) and np.abs(p.sum(1) - 1).max() > 1e-3):
+        raise BundleError(f"{what} probs must be finite, non-negative rows summing to 1")
+    return p, y.astype(np.int64)
+
+
+def save_bundle(
+    path,
+    *,
+    model: nn.Module,
+    arch: str,
+    taxonomy: Taxonomy,
+    preprocess: Preprocess,
+    tta_angles,
+    temperature: float,
+    calibration_probs,
+    calibration_labels,
+    test_probs=None,
+    test_labels=None,
+    split: dict | None = None,
+    metrics: dict | None = None,
+    provenance: dict | None = None,
+    half: bool = True,
+) -> Path:
+    """Write a bundle directory (created if needed; existing bundle files are replaced).
+
+    Parameters
+    ----------
+    path : str or Path
+        Target directory.
+    model : torch.nn.Module
+        Classifier whose output columns are ``taxonomy.leaves``.
+    arch : str
+        Registry name used to rebuild the model (``models.create_model``).
+    taxonomy, preprocess, tta_angles, temperature
+        The prediction recipe.
+    calibration_probs, calibration_labels : array-like
+        ``(n, L)`` posteriors (with this TTA and temperature) and ``(n,)`` leaf indices.
+    test_probs, test_labels : array-like, optional
+        The same for the test split.
+    split : dict, optional
+        Split name -> list of image ids.
+    metrics, provenance : dict, optional
+        Stored in the manifest as given (JSON-serialisable values).
+    half : bool
+        Store floating-point weights as fp16 (halves the size; load casts back to fp32).
+
+    Returns
+    -------
+    Path
+        The bundle directory.
+    """
+    path = Path(path)
+    if arch not in ARCHS:
+        raise BundleError(f"unknown architecture {arch!r}; expected one of {list(ARCHS)}")
+    angles = check_angles(tta_angles)
+    if not (isinstance(temperature, (int, float)) and np.isfinite(temperature) and temperature > 0):
+        raise BundleError(f"temperature must be a positive finite number, got {temperature!r}")
+    n_leaves = taxonomy.n_leaves
+    head = model.get_classifier().out_features
+    if head != n_leaves:
+        raise BundleError(f"the model has {head} outputs but the taxonomy has {n_leaves} leaves")
+    cal_p, cal_y = _check_probs(calibration_probs, calibration_labels, n_leaves, "calibration")
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in (TEST, SPLIT):
+        (path / stale).unlink(missing_ok=True)
+
+    state = {
+        k: (v.detach().cpu().half() if half and v.is_floating_point() else v.detach().cpu()).contiguous()
+        for k, v in model.state_dict().items()
+    }
+    torch.save(state, path / WEIGHTS)
+    taxonomy.to_yaml(path / TAXONOMY)
+    np.savez_compressed(path / CALIBRATION, probs=cal_p.astype(np.float32), labels=cal_y)
+    files = [WEIGHTS, TAXONOMY, CALIBRATION]
+    if test_probs is not None:
+        t_p, t_y = _check_probs(test_probs, test_labels, n_leaves, "test")
+        np.savez_compressed(path / TEST, probs=t_p.astype(np.float32), labels=t_y)
+        files.append(TEST)
+    if split is not None:
+        (path / SPLIT).write_text(json.dumps(_jsonable(split)) + "\n")
+        files.append(SPLIT)
+
+    manifest = {
+        "format": FORMAT,
+        "arch": arch,
+        "num_classes": n_leaves,
+        "leaves": list(taxonomy.leaves),
+        "preprocess": preprocess.to_dict(),
+        "tta_angles": list(angles),
+        "temperature": float(temperature),
+        "weights_dtype": "float16" if half else "float32",
+        "files": {name: sha256_file(path / name) for name in files},
+        "metrics": _jsonable(metrics or {}),
+        "provenance": _jsonable(provenance or {}),
+        "versions": library_versions(),
+    }
+    (path / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return path
+
+
+def read_manifest(path) -> dict:
+    """Parse and structurally check ``bundle.json`` (no hashing, no model)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise BundleError(f"model bundle not found: {str(path)!r} is not a directory")
+    mf = path / MANIFEST
+    if not mf.is_file():
+        raise BundleError(f"not a model bundle: {str(path)!r} has no {MANIFEST}")
+    try:
+        manifest = json.loads(mf.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BundleError(f"malformed {MANIFEST} in {str(path)!r}: {err}") from None
+    if not isinstance(manifest, dict):
+        raise BundleError(f"malformed {MANIFEST} in {str(path)!r}: expected a JSON object")
+    missing = [k for k in REQUIRED_KEYS if k not in manifest]
+    if missing:
+        raise BundleError(f"{MANIFEST} in {str(path)!r} lacks required key(s): {', '.join(missing)}")
+    if manifest["format"] != FORMAT:
+        raise BundleError(f"unsupported bundle format {manifest['format']!r} (expected {FORMAT!r})")
+    files = manifest["files"]
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise BundleError(f"{MANIFEST}: 'files' must map file names to sha256 hex digests")
+    for name in REQUIRED_FILES:
+        if name not in files:
+            raise BundleError(f"{MANIFEST}: 'files' does not list required file {name!r}")
+    return manifest
+
+
+def verify_files(path, manifest: dict) -> None:
+    """Refuse a bundle whose files are missing or differ from the manifest's sha256."""
+    path = Path(path)
+    for name, digest in manifest["files"].items():
+        if Path(name).name != name:
+            raise BundleError(f"{MANIFEST}: file name {name!r} must be a plain name inside the bundle")
+        f = path / name
+        if not f.is_file():
+            raise BundleError(f"bundle {str(path)!r} is missing file {name!r}")
+        actual = sha256_file(f)
+        if actual != digest:
+            raise BundleError(
+                f"bundle file {name!r} was modified: sha256 {actual[:12]}... != manifest {digest[:12]}..."
+            )
+
+
+def _load_npz(path: Path, name: str, n_leaves: int):
+    try:
+        with np.load(path / name, allow_pickle=False) as z:
+            probs, labels = z["probs"], z["labels"]
+    except (KeyError, ValueError, OSError) as err:
+        raise BundleError(f"bundle file {name!r} must hold arrays 'probs' and 'labels': {err}") from None
+    return _check_probs(probs, labels, n_leaves, Path(name).stem)
+
+
+def load_bundle(path=None, *, verify: bool = True) -> Bundle:
+    """Load and check a model bundle.
+
+    Parameters
+    ----------
+    path : str or Path or None
+        Bundle directory; ``None`` loads :data:`DEFAULT_BUNDLE`.
+    verify : bool
+        Check each file's sha256 against the manifest (a few ms for a 7 MB bundle).
+
+    Returns
+    -------
+    Bundle
+
+    Raises
+    ------
+    BundleError
+        Missing directory/file, malformed manifest, hash mismatch, or pieces that
+        disagree (taxonomy leaves vs head size vs calibration columns, bad TTA angles,
+        bad temperature, weights that do not fit the architecture).
+    """
+    path = Path(DEFAULT_BUNDLE if path is None else path)
+    manifest = read_manifest(path)
+    if verify:
+        verify_files(path, manifest)
+
+    try:
+        taxonomy = Taxonomy.from_yaml(path / TAXONOMY)
+    except TaxonomyError as err:
+        raise BundleError(f"bundle taxonomy is invalid: {err}") from None
+    n_leaves = taxonomy.n_leaves
+    if manifest["num_classes"] != n_leaves:
+        raise BundleError(f"manifest num_classes={manifest['num_classes']} but the taxonomy has {n_leaves} leaves")
+    if "leaves" in manifest and list(manifest["leaves"]) != list(taxonomy.leaves):
+        raise BundleError("manifest leaves differ from the taxonomy's leaf order")
+    try:
+        angles = check_angles(manifest["tta_angles"])
+    except ValueError as err:
+        raise BundleError(f"{MANIFEST}: {err}") from None
+    temperature = manifest["temperature"]
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise BundleError(f"{MANIFEST}: temperature must be a positive number, got {temperature!r}")
+    try:
+        preprocess = Preprocess.from_dict(manifest["preprocess"])
+    except (TypeError, ValueError) as err:
+        raise BundleError(f"{MANIFEST}: bad preprocess recipe: {err}") from None
+    arch = manifest["arch"]
+    if arch not in ARCHS:
+        raise BundleError(f"{MANIFEST}: unknown architecture {arch!r}; expected one of {list(ARCHS)}")
+
+    try:
+        state = torch.load(path / WEIGHTS, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means an unusable file
+        raise BundleError(f"cannot read {WEIGHTS}: {err}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise BundleError(f"{WEIGHTS} does not hold a state dict of tensors")
+    model = create_model(arch, num_classes=n_leaves, weights=None)
+    head = _head_size(state, model)
+    if head != n_leaves:
+        raise BundleError(f"the weights' classifier has {head} outputs but the taxonomy has {n_leaves} leaves")
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        detail = " ".join(str(err).split())[:300]
+        raise BundleError(f"{WEIGHTS} does not fit {arch}: {detail}") from None
+    model.eval()
+
+    cal_p, cal_y = _load_npz(path, CALIBRATION, n_leaves)
+    test_p = test_y = split = None
+    if TEST in manifest["files"]:
+        test_p, test_y = _load_npz(path, TEST, n_leaves)
+    if SPLIT in manifest["files"]:
+        split = json.loads((path / SPLIT).read_text())
+    return Bundle(
+        model=model,
+        arch=arch,
+        taxonomy=taxonomy,
+        preprocess=preprocess,
+        tta_angles=angles,
+        temperature=float(temperature),
+        calibration_probs=cal_p,
+        calibration_labels=cal_y,
+        metrics=manifest.get("metrics", {}),
+        provenance=manifest.get("provenance", {}),
+        test_probs=test_p,
+        test_labels=test_y,
+        split=split,
+        path=path,
+    )
+
+
+TINY_TAXONOMY = {
+    "format": "hedged-taxonomy/1",
+    "name": "things",
+    "naming": "dotted",
+    "children": {
+        "animal": {
+            "display_name": "Animal",
+            "children": {
+                "cat": {"display_name": "Cat", "aliases": ["Cat"]},
+                "dog": {"display_name": "Dog", "aliases": ["Dog"]},
+            },
+        },
+        "car": {"display_name": "Car", "aliases": ["Car"]},
+    },
+}
+
+
+def make_tiny_bundle(path, *, n_cal: int = 300, input_size: int = 64, tta_angles=(0.0,), seed: int = 0) -> Path:
+    """Write a small, valid bundle in well under a second, for tests.
+
+    Three leaves (``animal.cat``, ``animal.dog``, ``car``; aliases ``Cat``, ``Dog``,
+    ``Car``), a randomly initialised EfficientNet-Lite0 with a 3-class head,
+    ``input_size`` px inputs, and ``n_cal`` synthetic calibration (and test) rows
+    whose labels are drawn from their posteriors, so they are calibrated by construction.
+    """
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    taxonomy = Taxonomy.from_dict(TINY_TAXONOMY)
+    model = create_model("efficientnet_lite0", num_classes=taxonomy.n_leaves, weights=None)
+
+    def synthetic(n):
+        logits = rng.normal(size=(n, taxonomy.n_leaves)) * 3.0
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        y = (p.cumsum(1) > rng.random((n, 1))).argmax(1)
+        return p, y
+
+    cal_p, cal_y = synthetic(n_cal)
+    test_p, test_y = synthetic(n_cal)
+    return save_bundle(
+        path,
+        model=model,
+        arch="efficientnet_lite0",
+        taxonomy=taxonomy,
+        preprocess=Preprocess(input_size, "squash", mean=(0.5,) * 3, std=(0.5,) * 3),
+        tta_angles=tta_angles,
+        temperature=1.0,
+        calibration_probs=cal_p,
+        calibration_labels=cal_y,
+        test_probs=test_p,
+        test_labels=test_y,
+        split={"calibration": [f"cal{i}" for i in range(n_cal)], "test": [f"test{i}" for i in range(n_cal)]},
+        metrics={"note": "synthetic tiny bundle for tests"},
+        provenance={"data": "synthetic"},
+    )
