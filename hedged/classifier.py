@@ -1,0 +1,413 @@
+"""``HedgedClassifier``: the one entry point for hedged predictions.
+
+Images go through the bundle's CNN (``models``, imported lazily so that users
+with their own classifier never import torch); posteriors from any classifier go
+straight to the DARTS rule (``hedging.Darts``), calibrated once per guarantee.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable, Sequence
+from numbers import Real
+
+import numpy as np
+
+from hedged.results import Node, Prediction
+from hedging import Darts
+from taxonomy import Taxonomy
+
+GUARANTEES = ("pac", "expected")
+ERRORS = ("raise", "collect")
+# Images decoded at once: bounds memory on huge directories while keeping
+# several CNN batches in flight per chunk.
+_CHUNK = 256
+
+
+class UncalibratedError(ValueError):
+    """The classifier has no calibration data, or is asked to predict with a
+    test-time augmentation its calibration was not made for."""
+
+
+def check_accuracy(accuracy) -> float:
+    """``accuracy`` as a float in (0, 1], or ValueError naming the bad value."""
+    if isinstance(accuracy, bool) or not isinstance(accuracy, (Real, np.floating, np.integer)):
+        raise ValueError(f"accuracy must be a number in (0, 1], got {accuracy!r}")
+    value = float(accuracy)
+    if not (0.0 < value <= 1.0):  # also rejects NaN
+        raise ValueError(f"accuracy must be in (0, 1], got {accuracy!r}")
+    return value
+
+
+def check_guarantee(guarantee) -> str:
+    if guarantee not in GUARANTEES:
+        raise ValueError(f"guarantee must be one of {', '.join(GUARANTEES)}, got {guarantee!r}")
+    return guarantee
+
+
+def normalize_angles(angles) -> tuple[float, ...]:
+    """Rotation TTA angles as a sorted tuple of degrees in [0, 360).
+
+    The views are averaged, so order and repeats do not change the posterior;
+    the normal form makes "same TTA as calibrated" a tuple comparison.
+    """
+    if angles is None:
+        return (0.0,)
+    if isinstance(angles, (Real, np.number)):
+        angles = (angles,)
+    out = []
+    for a in angles:
+        if isinstance(a, bool) or not isinstance(a, (Real, np.number)) or not math.isfinite(float(a)):
+            raise ValueError(f"TTA angles must be finite numbers of degrees, got {a!r}")
+        out.append(float(a) % 360.0)
+    if not out:
+        raise ValueError("TTA angles must not be empty (use (0,) for no augmentation)")
+    return tuple(sorted(set(out)))
+
+
+def format_angles(angles) -> str:
+    return ",".join(f"{a:g}" for a in angles)
+
+
+def _is_single_input(inputs) -> bool:
+    """Whether ``inputs`` is one image rather than a collection of them."""
+    if isinstance(inputs, (str, bytes, os.PathLike)):
+        return True
+    if type(inputs).__module__.startswith("PIL."):
+        return True
+    if isinstance(inputs, np.ndarray):
+        return inputs.ndim <= 3  # (H, W) or (H, W, C); (N, H, W, C) is a batch
+    if type(inputs).__module__.startswith("torch"):
+        return inputs.ndim <= 3  # (C, H, W); (N, C, H, W) is a batch
+    return False
+
+
+def _source(item) -> str | None:
+    return os.fspath(item) if isinstance(item, (str, os.PathLike)) else None
+
+
+class HedgedClassifier:
+    """Hierarchical classifier that answers the most specific node that meets an
+    accuracy target (DARTS, Deng et al. 2012), with a calibrated guarantee.
+
+    Parameters
+    ----------
+    taxonomy : Taxonomy
+        Leaf order = the classifier's posterior columns.
+    guarantee : {"pac", "expected"}
+        Default guarantee: ``"pac"`` holds with probability ``1 - delta`` over the
+        calibration set; ``"expected"`` meets the target on the calibration set.
+    delta : float
+        Failure probability of the PAC guarantee.
+    model, preprocess, tta_angles, temperature
+        The CNN side (set by :meth:`from_bundle`); not needed for
+        :meth:`predict_from_probs`.
+    batch_size : int
+        Images per CNN forward pass (times the number of TTA views).
+
+    Examples
+    --------
+    Any classifier's posteriors:
+
+    >>> clf = HedgedClassifier(taxonomy).fit(cal_probs, cal_labels)   # doctest: +SKIP
+    >>> clf.predict_from_probs(test_probs, accuracy=0.9)[0].node.name  # doctest: +SKIP
+
+    The bundled image model:
+
+    >>> clf = HedgedClassifier.from_bundle()                          # doctest: +SKIP
+    >>> clf.predict("polo.jpg", accuracy=0.95)[0].node.display_name   # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        taxonomy: Taxonomy,
+        *,
+        guarantee: str = "pac",
+        delta: float = 0.05,
+        model=None,
+        preprocess=None,
+        tta_angles: Sequence[int] = (0,),
+        temperature: float = 1.0,
+        batch_size: int = 32,
+    ):
+        if not isinstance(taxonomy, Taxonomy):
+            raise TypeError(f"taxonomy must be a taxonomy.Taxonomy, got {type(taxonomy).__name__}")
+        self.taxonomy = taxonomy
+        self.guarantee = check_guarantee(guarantee)
+        self.delta = delta
+        self.model = model
+        self.preprocess = preprocess
+        self.tta_angles = normalize_angles(tta_angles)
+        self.temperature = temperature
+        self.batch_size = batch_size
+        self._rules: dict[str, Darts] = {}
+        self._nodes: dict[str, Node] = {}
+        self._gain = None
+
+    # ------------------------------------------------------------------ build
+    @classmethod
+    def from_bundle(cls, path=None, **kwargs) -> HedgedClassifier:
+        """Load a model bundle (``None``: the bundled default model).
+
+        The bundle's CNN, preprocessing, TTA angles, temperature and calibration
+        posteriors are used as they are; ``kwargs`` go to the constructor
+        (``guarantee``, ``delta``, ``batch_size``).
+        """
+        from models import load_bundle
+        from models.bundle import DEFAULT_BUNDLE
+
+        bundle = load_bundle(DEFAULT_BUNDLE if path is None else path)
+        clf = cls(
+            bundle.taxonomy,
+            model=bundle.model,
+            preprocess=bundle.preprocess,
+            tta_angles=bundle.tta_angles,
+            temperature=bundle.temperature,
+            **kwargs,
+        )
+        clf.bundle_ = bundle
+        return clf.fit(bundle.calibration_probs, bundle.calibration_labels)
+
+    def fit(self, probs, labels) -> HedgedClassifier:
+        """Store calibration posteriors and labels; the rule for each guarantee
+        is fitted from them on first use.
+
+        Parameters
+        ----------
+        probs : array-like, shape (n, n_leaves)
+            Leaf posteriors of held-out labelled data (made with the same TTA
+            and temperature as the predictions will be).
+        labels : array-like, shape (n,)
+            Leaf indices, leaf names or dataset labels (aliases).
+        """
+        probs = np.asarray(probs, dtype=np.float64)
+        if probs.ndim != 2 or probs.shape[1] != self.taxonomy.n_leaves:
+            raise ValueError(
+                f"calibration probs must have shape (n, {self.taxonomy.n_leaves}), got {probs.shape}"
+            )
+        labels = self.taxonomy.resolve_labels(np.asarray(labels))
+        if labels.shape != (probs.shape[0],):
+            raise ValueError(f"calibration labels must have shape ({probs.shape[0]},), got {labels.shape}")
+        self.calibration_probs_ = probs
+        self.calibration_labels_ = labels
+        self._rules = {}
+        return self
+
+    def rule(self, guarantee: str | None = None) -> Darts:
+        """The DARTS rule fitted on the calibration data for ``guarantee`` (cached)."""
+        guarantee = check_guarantee(self.guarantee if guarantee is None else guarantee)
+        if guarantee not in self._rules:
+            if not hasattr(self, "calibration_probs_"):
+                raise UncalibratedError(
+                    "HedgedClassifier is not calibrated: call fit(probs, labels) or use from_bundle()"
+                )
+            rule = Darts(self.taxonomy, guarantee=guarantee, delta=self.delta)
+            self._rules[guarantee] = rule.fit(self.calibration_probs_, self.calibration_labels_)
+        return self._rules[guarantee]
+
+    def node(self, name) -> Node:
+        """The :class:`Node` for a node name (cached)."""
+        name = str(name)
+        if name not in self._nodes:
+            self._nodes[name] = Node.of(self.taxonomy, name)
+        return self._nodes[name]
+
+    # ------------------------------------------------------------------ posteriors
+    def node_proba(self, probs) -> np.ndarray:
+        """Node posteriors (N x n_nodes, columns ``taxonomy.nodes``) from leaf posteriors."""
+        return self.taxonomy.node_probs(probs)
+
+    def predict_from_probs(
+        self, probs, accuracy: float = 0.95, guarantee: str | None = None, sources=None, *, guaranteed: bool = True
+    ) -> list[Prediction]:
+        """Hedged predictions from leaf posteriors (any classifier).
+
+        Parameters
+        ----------
+        probs : array-like, shape (N, n_leaves) or (n_leaves,)
+        accuracy : float in (0, 1]
+            Target accuracy; any value, the calibration is shared.
+        guarantee : {"pac", "expected"}, optional
+            Default: the classifier's.
+        sources : sequence of str, optional
+            Names to put in ``Prediction.source``.
+
+        Returns
+        -------
+        list of Prediction
+        """
+        accuracy = check_accuracy(accuracy)
+        guarantee = check_guarantee(self.guarantee if guarantee is None else guarantee)
+        probs = np.asarray(probs, dtype=np.float64)
+        if probs.ndim == 1:
+            probs = probs[None, :]
+        rule = self.rule(guarantee)
+        if probs.shape[0] == 0:
+            return []
+        idx = np.asarray(rule.predict_index(probs, accuracy=accuracy), dtype=np.int64)
+        rows = np.arange(probs.shape[0])
+        node_p = self.taxonomy.node_probs(probs)[rows, idx]
+        leaf_idx = probs.argmax(axis=1)
+        leaf_p = probs[rows, leaf_idx]
+        gain = self._normalised_gain()[idx]
+        if sources is None:
+            sources = [None] * probs.shape[0]
+        nodes, leaves = self.taxonomy.nodes, self.taxonomy.leaves
+        return [
+            Prediction(
+                source=src,
+                node=self.node(nodes[i]),
+                probability=float(p),
+                info_gain=float(g),
+                leaf=self.node(leaves[j]),
+                leaf_probability=float(lp),
+                accuracy=accuracy,
+                guarantee=guarantee,
+                guaranteed=guaranteed,
+            )
+            for src, i, p, g, j, lp in zip(sources, idx, node_p, gain, leaf_idx, leaf_p)
+        ]
+
+    def _normalised_gain(self) -> np.ndarray:
+        if self._gain is None:
+            bits = self.taxonomy.rewards()
+            top = math.log2(self.taxonomy.n_leaves)
+            # One leaf: every answer is the leaf, as specific as it gets.
+            self._gain = bits / top if top > 0 else np.ones_like(bits)
+        return self._gain
+
+    # ------------------------------------------------------------------ images
+    def resolve_tta(self, tta, allow_uncalibrated: bool) -> tuple[tuple[int, ...], bool]:
+        if tta is None:
+            return self.tta_angles, True
+        angles = normalize_angles(tta)
+        if angles == self.tta_angles:
+            return angles, True
+        if not allow_uncalibrated:
+            raise UncalibratedError(
+                f"TTA angles {format_angles(angles)} differ from the calibrated ones {format_angles(self.tta_angles)}: "
+                "the accuracy guarantee would not hold (pass allow_uncalibrated=True to predict anyway)"
+            )
+        return angles, False
+
+    def _infer(self, inputs, angles, errors: str, batch_size, progress):
+        """Leaf posteriors of the loadable inputs plus the per-input errors."""
+        if errors not in ERRORS:
+            raise ValueError(f"errors must be one of {', '.join(ERRORS)}, got {errors!r}")
+        if self.model is None or self.preprocess is None:
+            raise UncalibratedError("this HedgedClassifier has no image model: use from_bundle() or predict_from_probs()")
+        from models import ImageLoadError, predict_probs
+
+        items = [inputs] if _is_single_input(inputs) else list(inputs)
+        batch_size = self.batch_size if batch_size is None else int(batch_size)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        sources = [_source(x) for x in items]
+        failures: dict[int, str] = {}
+        ok_rows: list[int] = []
+        chunks = []
+        for start in range(0, len(items), _CHUNK):
+            images, rows = [], []
+            for i in range(start, min(start + _CHUNK, len(items))):
+                try:
+                    # The recipe's loader decodes JPEGs at reduced size when it can.
+                    images.append(self.preprocess.load(items[i]))
+                    rows.append(i)
+                except (ImageLoadError, OSError) as err:
+                    if errors == "raise":
+                        where = f"{sources[i]}: " if sources[i] is not None else f"input {i}: "
+                        raise ImageLoadError(where + str(err)) from None
+                    failures[i] = str(err)
+            if images:
+                chunks.append(
+                    predict_probs(
+                        self.model,
+                        images,
+                        self.preprocess,
+                        angles=angles,
+                        temperature=self.temperature,
+                        batch_size=batch_size,
+                        progress=False,
+                    )
+                )
+                ok_rows.extend(rows)
+            if progress is not None:
+                progress(min(start + _CHUNK, len(items)), len(items))
+        probs = np.concatenate(chunks) if chunks else np.zeros((0, self.taxonomy.n_leaves))
+        return sources, np.asarray(ok_rows, dtype=np.int64), probs, failures
+
+    def predict_proba(
+        self,
+        inputs,
+        *,
+        tta=None,
+        allow_uncalibrated: bool = False,
+        batch_size: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> np.ndarray:
+        """Leaf posteriors (N x n_leaves, columns ``taxonomy.leaves``) of images.
+
+        ``inputs``: a path, PIL image, array or tensor, or an iterable of them.
+        Raises ``models.ImageLoadError`` naming the first input that cannot be read.
+        """
+        angles, _ = self.resolve_tta(tta, allow_uncalibrated)
+        _, _, probs, _ = self._infer(inputs, angles, "raise", batch_size, progress)
+        return probs
+
+    def predict(
+        self,
+        inputs,
+        accuracy: float = 0.95,
+        guarantee: str | None = None,
+        *,
+        errors: str = "raise",
+        tta=None,
+        allow_uncalibrated: bool = False,
+        batch_size: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[Prediction]:
+        """Hedged predictions for images.
+
+        Parameters
+        ----------
+        inputs : path, PIL.Image, numpy.ndarray, torch.Tensor, or an iterable of them
+        accuracy : float in (0, 1]
+            Target accuracy (probability that the answered node contains the
+            true class).
+        guarantee : {"pac", "expected"}, optional
+        errors : {"raise", "collect"}
+            ``"collect"``: an input that cannot be read gives a ``Prediction``
+            with ``error`` set, the others are classified.
+        tta : sequence of int, optional
+            Rotation angles; default the bundle's. Others raise
+            :class:`UncalibratedError` unless ``allow_uncalibrated`` (then
+            ``Prediction.guaranteed`` is False).
+        batch_size : int, optional
+        progress : callable(done, total), optional
+
+        Returns
+        -------
+        list of Prediction, one per input, in input order
+        """
+        accuracy = check_accuracy(accuracy)
+        guarantee = check_guarantee(self.guarantee if guarantee is None else guarantee)
+        angles, calibrated = self.resolve_tta(tta, allow_uncalibrated)
+        self.rule(guarantee)  # calibration problems surface before the CNN runs
+        sources, ok_rows, probs, failures = self._infer(inputs, angles, errors, batch_size, progress)
+        done = self.predict_from_probs(
+            probs, accuracy, guarantee, sources=[sources[i] for i in ok_rows], guaranteed=calibrated
+        )
+        out: list[Prediction | None] = [None] * len(sources)
+        for i, pred in zip(ok_rows, done):
+            out[i] = pred
+        for i, msg in failures.items():
+            out[i] = Prediction.failed(sources[i], msg, accuracy, guarantee)
+        return out
+
+    def __repr__(self) -> str:
+        calibrated = hasattr(self, "calibration_probs_")
+        return (
+            f"HedgedClassifier({self.taxonomy!r}, guarantee={self.guarantee!r}, "
+            f"tta_angles=[{format_angles(self.tta_angles)}], calibrated={calibrated})"
+        )
