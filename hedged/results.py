@@ -120,6 +120,11 @@ class Prediction:
             error=str(error),
         )
 
+    def __str__(self) -> str:
+        if self.error is not None:
+            return f"{self.source}: error: {self.error}"
+        return f"{self.node} p={self.probability:.3f} (leaf guess {self.leaf} p={self.leaf_probability:.3f})"
+
     def to_dict(self) -> dict:
         """The JSON form (one line of ``predict.py --json``); see docs/usage.md."""
         if self.error is not None:

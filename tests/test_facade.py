@@ -1,0 +1,229 @@
+"""HedgedClassifier: posteriors from any classifier, and images through a tiny bundle."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import hedged
+from hedged import HedgedClassifier, Node, Prediction, UncalibratedError
+from hedging import Darts
+from taxonomy import Taxonomy
+from test_facade_helpers import cached_bundle, synthetic_split, write_images
+
+TAX = Taxonomy.from_edges(
+    [("root", "animal"), ("root", "car"), ("animal", "cat"), ("animal", "dog")],
+    leaves=["cat", "dog", "car"],
+    display_names={"animal": "Animal", "cat": "Cat"},
+    aliases={"cat": ["Katze"], "dog": ["Hund", "Dog"]},
+)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    p, y = synthetic_split(TAX, 400, seed=1)
+    return HedgedClassifier(TAX).fit(p, y)
+
+
+@pytest.fixture(scope="module")
+def animal_bundle():
+    # cat and dog get ~0.4998 each for every image: DARTS answers "animal".
+    return cached_bundle(leaves=(0, 1))
+
+
+@pytest.fixture(scope="module")
+def clf(animal_bundle):
+    return HedgedClassifier.from_bundle(animal_bundle)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return write_images(tmp_path_factory.mktemp("images"), n=3, corrupt=True)
+
+
+# ---------------------------------------------------------------- exports / nodes
+def test_package_exports_the_building_blocks():
+    for name in ("HedgedClassifier", "Prediction", "Node", "Taxonomy", "TaxonomyError", "Darts", "Climbing",
+                 "LeafGT", "FlatClassifier"):
+        assert hasattr(hedged, name), name
+
+
+def test_node_carries_path_depth_leaves_and_dataset_labels():
+    n = Node.of(TAX, "animal")
+    assert n == Node("animal", "Animal", ("root", "animal"), 1, ("cat", "dog"), ("Katze", "Hund", "Dog"))
+    assert not n.is_leaf and Node.of(TAX, "car").is_leaf
+    assert Node.of(TAX, "car").labels == ("car",)  # no alias: the leaf name is the label
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        n.depth = 3
+
+
+# ---------------------------------------------------------------- posteriors
+def test_predict_from_probs_hand_computed():
+    # Calibration: the model knows "animal" but is a coin flip between cat and
+    # dog, and is sure and right about cars. Answering the leaf is then 75%
+    # accurate, so a 0.9 target needs lambda > 0.415, where "animal" beats
+    # "cat" for a (0.5, 0.5, 0) posterior: (0.585 + l) > 0.5 (1.585 + l).
+    cal = np.array([[0.5, 0.5, 0.0]] * 100 + [[0.0, 0.0, 1.0]] * 100)
+    labels = ["cat", "dog"] * 50 + ["car"] * 100
+    fitted = HedgedClassifier(TAX, guarantee="expected").fit(cal, labels)
+    probs = np.array([[0.4999, 0.4999, 0.0002], [0.0, 0.0, 1.0]])
+    assert [p.node.name for p in fitted.predict_from_probs(probs, accuracy=0.7)] == ["cat", "car"]
+    a, b = fitted.predict_from_probs(probs, accuracy=0.9)
+    assert isinstance(a, Prediction) and a.ok and b.ok
+    assert a.node.name == "animal" and b.node.name == "car"
+    assert a.probability == pytest.approx(0.9998)
+    assert a.info_gain == pytest.approx((math.log2(3) - 1) / math.log2(3))
+    assert b.info_gain == pytest.approx(1.0)
+    assert a.leaf.name == "cat" and a.leaf_probability == pytest.approx(0.4999)
+    assert (a.accuracy, a.guarantee, a.guaranteed, a.source) == (0.9, "expected", True, None)
+
+
+def test_predict_from_probs_agrees_with_darts(fitted):
+    p, y = synthetic_split(TAX, 200, seed=2)
+    for guarantee in ("pac", "expected"):
+        rule = Darts(TAX, guarantee=guarantee).fit(fitted.calibration_probs_, fitted.calibration_labels_)
+        for acc in (0.6, 0.9, 0.99):
+            got = [r.node.name for r in fitted.predict_from_probs(p, acc, guarantee)]
+            assert got == list(rule.predict(p, accuracy=acc))
+
+
+def test_calibration_happens_once_per_guarantee(monkeypatch):
+    calls = []
+    original = Darts.fit
+
+    def counting_fit(self, probs, labels):
+        calls.append(self.guarantee)
+        return original(self, probs, labels)
+
+    monkeypatch.setattr(Darts, "fit", counting_fit)
+    p, y = synthetic_split(TAX, 300, seed=3)
+    clf = HedgedClassifier(TAX).fit(p, y)
+    assert calls == []  # lazy
+    for acc in (0.7, 0.9, 0.95, 1.0):
+        clf.predict_from_probs(p[:5], acc)
+    clf.predict_from_probs(p[:5], 0.9, guarantee="expected")
+    clf.predict_from_probs(p[:5], 0.8, guarantee="expected")
+    assert calls == ["pac", "expected"]
+    assert clf.rule("pac") is clf.rule()
+
+
+def test_labels_may_be_names_or_aliases():
+    p, y = synthetic_split(TAX, 300, seed=4)
+    names = np.array(["Katze", "Hund", "car"])[y]
+    a = HedgedClassifier(TAX).fit(p, y).predict_from_probs(p, 0.9)
+    b = HedgedClassifier(TAX).fit(p, names).predict_from_probs(p, 0.9)
+    assert [r.node.name for r in a] == [r.node.name for r in b]
+
+
+@pytest.mark.parametrize("bad", [0, 0.0, -0.1, 1.5, float("nan"), float("inf"), "abc", "0.9", None, True])
+def test_bad_accuracy_is_a_value_error(fitted, bad):
+    with pytest.raises(ValueError, match="accuracy"):
+        fitted.predict_from_probs(np.array([[0.2, 0.3, 0.5]]), accuracy=bad)
+
+
+def test_unfitted_and_bad_setup_are_refused():
+    with pytest.raises(UncalibratedError, match="not calibrated"):
+        HedgedClassifier(TAX).predict_from_probs(np.array([[0.2, 0.3, 0.5]]))
+    with pytest.raises(ValueError, match="guarantee"):
+        HedgedClassifier(TAX, guarantee="always")
+    with pytest.raises(ValueError, match=r"shape \(n, 3\)"):
+        HedgedClassifier(TAX).fit(np.ones((4, 2)) / 2, [0, 1, 0, 1])
+    with pytest.raises(UncalibratedError, match="no image model"):
+        p, y = synthetic_split(TAX, 50, seed=5)
+        HedgedClassifier(TAX).fit(p, y).predict(np.zeros((8, 8, 3), np.uint8))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    hnp.arrays(np.float64, (7, 3), elements=st.floats(0.0, 1.0)),
+    st.floats(0.05, 1.0),
+)
+def test_prediction_fields_are_consistent(fitted, raw, accuracy):
+    probs = (raw + 1e-9) / (raw + 1e-9).sum(axis=1, keepdims=True)
+    for row, pred in zip(probs, fitted.predict_from_probs(probs, accuracy)):
+        under = [TAX.leaf_index(leaf) for leaf in pred.node.leaves]
+        assert pred.probability == pytest.approx(row[under].sum())
+        assert pred.leaf.name == TAX.leaves[int(row.argmax())]
+        assert pred.leaf_probability == pytest.approx(row.max())
+        assert 0.0 <= pred.info_gain <= 1.0
+        assert pred.node.path[0] == TAX.root and pred.node.path[-1] == pred.node.name
+
+
+# ---------------------------------------------------------------- images (tiny bundle)
+def test_from_bundle_uses_the_bundle(clf):
+    assert clf.taxonomy.leaves == ("animal.cat", "animal.dog", "car")
+    assert clf.tta_angles == (0.0,)
+    assert clf.calibration_probs_.shape == (300, 3)
+    assert "calibrated=True" in repr(clf)
+
+
+def test_predict_accepts_every_input_kind(clf, images):
+    import torch
+    from PIL import Image
+
+    path = images[0]
+    arr = np.array(Image.open(path).convert("RGB"))
+    kinds = [str(path), path, Image.open(path), arr, torch.from_numpy(arr).permute(2, 0, 1).contiguous()]
+    for x in kinds:
+        (pred,) = clf.predict(x, accuracy=0.9)
+        assert pred.node.name == "animal" and pred.node.display_name == "Animal"
+        assert pred.leaf.name in ("animal.cat", "animal.dog")
+    assert clf.predict(str(path))[0].source == str(path)
+    assert clf.predict(arr)[0].source is None
+    batch = clf.predict(kinds, accuracy=0.9)
+    assert [p.node.name for p in batch] == ["animal"] * len(kinds)
+    assert len(clf.predict(np.stack([arr, arr]))) == 2  # (N, H, W, C) is a batch
+
+
+def test_predict_proba_and_node_posteriors(clf, images):
+    probs = clf.predict_proba(images[:3])
+    assert probs.shape == (3, 3)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0)
+    assert (probs[:, :2] > 0.49).all()
+    nodes = clf.node_proba(probs)
+    assert nodes.shape == (3, clf.taxonomy.n_nodes)
+    np.testing.assert_allclose(nodes[:, clf.taxonomy.node_index("animal")], probs[:, 0] + probs[:, 1])
+    # The image path and the posterior path give the same answer.
+    assert [p.node for p in clf.predict(images[:3], 0.9)] == [p.node for p in clf.predict_from_probs(probs, 0.9)]
+
+
+def test_bad_file_raises_by_default_and_is_collected_on_request(clf, images):
+    with pytest.raises(ValueError, match="corrupt.jpg"):
+        clf.predict(images)
+    preds = clf.predict(images, errors="collect")
+    assert [p.ok for p in preds] == [True, True, True, False]
+    bad = preds[-1]
+    assert bad.source == str(images[-1]) and bad.node is None and bad.error
+    assert bad.to_dict() == {"image": str(images[-1]), "error": bad.error}
+    with pytest.raises(ValueError, match="errors"):
+        clf.predict(images, errors="ignore")
+
+
+def test_tta_other_than_calibrated_is_refused_unless_allowed(clf, images):
+    with pytest.raises(UncalibratedError, match="calibrated"):
+        clf.predict(images[0], tta=(0, 90))
+    (pred,) = clf.predict(images[0], tta=(0, 90), allow_uncalibrated=True)
+    assert not pred.guaranteed and pred.to_dict()["guarantee_holds"] is False
+    (same,) = clf.predict(images[0], tta=[360])  # 360 degrees is the calibrated 0
+    assert same.guaranteed
+
+
+def test_progress_callback_reaches_the_total(clf, images):
+    seen = []
+    clf.predict(images[:3], progress=lambda done, total: seen.append((done, total)))
+    assert seen[-1] == (3, 3)
+
+
+def test_default_bundle_when_present():
+    from models.bundle import DEFAULT_BUNDLE
+
+    if not (DEFAULT_BUNDLE / "bundle.json").is_file():
+        pytest.skip("the default bundle is not committed yet")
+    clf = HedgedClassifier.from_bundle()
+    assert clf.taxonomy.n_leaves == clf.calibration_probs_.shape[1]
