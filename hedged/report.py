@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -80,6 +81,31 @@ def reliability_bins(probs: np.ndarray, y: np.ndarray, n_bins: int = ECE_BINS) -
     return {"edges": np.linspace(0, 1, n_bins + 1), "count": count, "confidence": mean_conf, "accuracy": acc}
 
 
+def _rule_metrics(taxonomy, rule, test_probs, test_y, targets, table_targets, alpha):
+    """Curve over ``targets``, table rows for ``table_targets`` and depth shares of one fitted rule."""
+    curve = hm.accuracy_specificity_curve(rule, test_probs, test_y, targets, alpha=alpha)
+    rows = hm.accuracy_specificity_curve(rule, test_probs, test_y, table_targets, alpha=alpha)
+    table = []
+    for i, t in enumerate(table_targets):
+        pred = rule.predict_index(test_probs, accuracy=float(t))
+        _, _, hf1 = hm.hierarchical_precision_recall_f1(taxonomy, pred, test_y)
+        table.append(
+            {
+                "target": float(t),
+                "accuracy": rows["accuracy"][i],
+                "ci_low": rows["ci_low"][i],
+                "ci_high": rows["ci_high"][i],
+                "info_gain": rows["info_gain"][i],
+                "leaf_share": rows["leaf_share"][i],
+                "root_share": rows["root_share"][i],
+                "hierarchical_f1": hf1,
+                "met": bool(rows["accuracy"][i] >= t),
+            }
+        )
+    depth = np.stack([hm.depth_shares(taxonomy, rule.predict_index(test_probs, accuracy=float(t))) for t in targets])
+    return curve, table, depth
+
+
 def evaluate(
     taxonomy: Taxonomy,
     cal_probs,
@@ -122,29 +148,16 @@ def evaluate(
     table_targets = np.asarray(table_targets, dtype=np.float64)
 
     curves, table, depth = {}, {}, None
-    for key, cls in RULES.items():
-        rule = cls(taxonomy, guarantee=guarantee, delta=delta).fit(cal_probs, cal_y)
-        curves[key] = hm.accuracy_specificity_curve(rule, test_probs, test_y, targets, alpha=alpha)
-        rows = hm.accuracy_specificity_curve(rule, test_probs, test_y, table_targets, alpha=alpha)
-        table[key] = []
-        for i, t in enumerate(table_targets):
-            pred = rule.predict_index(test_probs, accuracy=float(t))
-            _, _, hf1 = hm.hierarchical_precision_recall_f1(taxonomy, pred, test_y)
-            table[key].append(
-                {
-                    "target": float(t),
-                    "accuracy": rows["accuracy"][i],
-                    "ci_low": rows["ci_low"][i],
-                    "ci_high": rows["ci_high"][i],
-                    "info_gain": rows["info_gain"][i],
-                    "leaf_share": rows["leaf_share"][i],
-                    "root_share": rows["root_share"][i],
-                    "hierarchical_f1": hf1,
-                    "met": bool(rows["accuracy"][i] >= t),
-                }
-            )
-        if key == "darts":
-            depth = np.stack([hm.depth_shares(taxonomy, rule.predict_index(test_probs, accuracy=float(t))) for t in targets])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for key, cls in RULES.items():
+            rule = cls(taxonomy, guarantee=guarantee, delta=delta).fit(cal_probs, cal_y)
+            curves[key], table[key], d = _rule_metrics(taxonomy, rule, test_probs, test_y, targets, table_targets, alpha)
+            if key == "darts":
+                depth = d
+    # Rules warn e.g. when the calibration set is too small to certify a target;
+    # the report states it instead of the terminal.
+    notes = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))
 
     top1 = test_probs.argmax(axis=1)
     confusion = None
@@ -167,9 +180,10 @@ def evaluate(
             "reliability": reliability_bins(test_probs, test_y),
         },
         "curves": curves,
-        "depth_shares": {"targets": targets, "shares": depth},
+        "depth_shares": {"rule": "darts", "targets": targets, "shares": depth},
         "table": table,
         "confusion": None if confusion is None else {"leaves": list(taxonomy.leaves), "counts": confusion},
+        "notes": notes,
     }
 
 
@@ -344,6 +358,8 @@ def _markdown(metrics: dict, figures: dict, title: str, provenance: Mapping | No
                         "Top-1 confidence against accuracy in equal-width bins (after temperature scaling)."),
         "confusion": ("Leaf confusion", "Rows: true leaf (normalised); columns: the top-1 leaf."),
     }
+    if m.get("notes"):
+        lines += ["", "Notes from the rules:", ""] + [f"- {n}" for n in m["notes"]]
     for key, fname in figures.items():
         head, text = captions[key]
         lines += ["", f"## {head}", "", text, "", f"![{head}]({fname})"]

@@ -1,0 +1,252 @@
+"""``evaluate.py``: evaluation report (report.md, metrics.json, PNG figures) of hedged prediction."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from hedged.cli._common import EXIT_OK, EXIT_USAGE, Parser, UsageError, load_classifier, parse_tta, positive_int
+
+DESCRIPTION = """\
+Write an evaluation report of hedged prediction: report.md with figures
+(accuracy vs specificity, achieved vs target accuracy, depth of the answers,
+reliability diagram, leaf confusion), metrics.json and the PNGs.
+
+Three sources of test posteriors:
+  evaluate.py --out R                      the model bundle's stored test split
+  evaluate.py --data D --out R             labelled images (CSV or class folders), run through the CNN
+  evaluate.py --probs P --labels Y --taxonomy T --out R
+                                           posteriors of any classifier
+With a bundle the calibration is the bundle's; with --probs it is either
+--cal-probs/--cal-labels or a seeded random split of P (--cal-fraction, --seed).
+"""
+
+EPILOG = """\
+files: posteriors are .npy (N x L float, columns = taxonomy leaves) or .csv;
+labels are .npy (leaf indices or names) or text, one label per line (leaf
+name, dataset alias or index).
+
+exit status: 0 report written; 2 usage error (missing or inconsistent inputs).
+"""
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="evaluate.py", description=DESCRIPTION, epilog=EPILOG,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, metavar="DIR", help="report folder (created; files overwritten)")
+    p.add_argument("--model", metavar="DIR", default=None, help="model bundle (default: the bundled model)")
+    src = p.add_argument_group("labelled images (runs the CNN)")
+    src.add_argument("--data", metavar="PATH", help="CSV (image,label columns) or a folder with one sub-folder per label")
+    src.add_argument("--images", metavar="DIR", help="image folder for a CSV (default: images/ beside it)")
+    src.add_argument("--tta", metavar="ANGLES", help="must match the bundle's calibrated TTA (default: the bundle's)")
+    src.add_argument("--batch-size", type=positive_int, default=32, metavar="N")
+    post = p.add_argument_group("posteriors of any classifier")
+    post.add_argument("--probs", metavar="P", help="test posteriors (.npy or .csv)")
+    post.add_argument("--labels", metavar="Y", help="test labels (.npy or one per line)")
+    post.add_argument("--taxonomy", metavar="T", help="taxonomy YAML (default with --model: the bundle's)")
+    post.add_argument("--cal-probs", metavar="P", help="calibration posteriors")
+    post.add_argument("--cal-labels", metavar="Y", help="calibration labels")
+    post.add_argument("--cal-fraction", type=float, default=0.5, metavar="F",
+                      help="without --cal-probs: share of --probs used for calibration (default 0.5)")
+    post.add_argument("--seed", type=int, default=0, help="seed of that split (default 0)")
+    rule = p.add_argument_group("rules")
+    rule.add_argument("--guarantee", choices=("pac", "expected"), default="pac")
+    rule.add_argument("--delta", type=float, default=0.05, help="PAC failure probability (default 0.05)")
+    rule.add_argument("--alpha", type=float, default=0.05, help="Clopper-Pearson level of the plotted intervals")
+    p.add_argument("--title", default=None, help="report title")
+    return p
+
+
+def load_probs(path) -> np.ndarray:
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"posteriors file not found: {path}")
+    try:
+        arr = np.load(path, allow_pickle=False) if path.suffix == ".npy" else np.loadtxt(path, delimiter=",", ndmin=2)
+    except (ValueError, OSError) as err:
+        raise UsageError(f"cannot read posteriors {path}: {err}") from None
+    if arr.ndim != 2 or arr.dtype.kind not in "fiu":
+        raise UsageError(f"posteriors {path} must be a 2-D numeric array, got shape {arr.shape} dtype {arr.dtype}")
+    return arr.astype(np.float64)
+
+
+def load_labels(path) -> np.ndarray:
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"labels file not found: {path}")
+    try:
+        if path.suffix == ".npy":
+            arr = np.load(path, allow_pickle=False)
+        else:
+            lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+            arr = np.asarray([int(x) for x in lines]) if all(x.lstrip("-").isdigit() for x in lines) else np.asarray(lines)
+    except (ValueError, OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"cannot read labels {path}: {err}") from None
+    if arr.ndim != 1:
+        raise UsageError(f"labels {path} must be 1-D, got shape {arr.shape}")
+    return arr
+
+
+def seeded_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (calibration, test) of a random split with ``round(fraction * n)`` calibration rows."""
+    if not 0.0 < fraction < 1.0:
+        raise UsageError(f"--cal-fraction must be in (0, 1), got {fraction}")
+    n_cal = int(round(fraction * n))
+    if not 0 < n_cal < n:
+        raise UsageError(f"--cal-fraction {fraction} of {n} rows leaves an empty calibration or test split")
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[:n_cal]), np.sort(perm[n_cal:])
+
+
+def _from_probs(args):
+    from taxonomy import Taxonomy, TaxonomyError
+
+    if args.labels is None:
+        raise UsageError("--probs needs --labels")
+    if (args.cal_probs is None) != (args.cal_labels is None):
+        raise UsageError("--cal-probs and --cal-labels go together")
+    provenance = {"source": "posteriors", "probs": args.probs, "labels": args.labels}
+    if args.taxonomy is not None:
+        if not Path(args.taxonomy).is_file():
+            raise UsageError(f"taxonomy file not found: {args.taxonomy}")
+        try:
+            taxonomy = Taxonomy.from_yaml(args.taxonomy)
+        except (TaxonomyError, OSError) as err:
+            raise UsageError(f"cannot read taxonomy {args.taxonomy}: {err}") from None
+        provenance["taxonomy"] = args.taxonomy
+    elif args.model is not None:
+        taxonomy = load_classifier(args.model).taxonomy
+        provenance["taxonomy"] = f"{args.model} (bundle)"
+    else:
+        raise UsageError("--probs needs --taxonomy (or --model to take the bundle's taxonomy)")
+    probs, labels = load_probs(args.probs), load_labels(args.labels)
+    if args.cal_probs is not None:
+        cal = (load_probs(args.cal_probs), load_labels(args.cal_labels))
+        test = (probs, labels)
+        provenance.update(calibration=f"{args.cal_probs}, {args.cal_labels}")
+    else:
+        if labels.shape[0] != probs.shape[0]:
+            raise UsageError(f"--labels has {labels.shape[0]} rows but --probs has {probs.shape[0]}")
+        cal_idx, test_idx = seeded_split(probs.shape[0], args.cal_fraction, args.seed)
+        cal, test = (probs[cal_idx], labels[cal_idx]), (probs[test_idx], labels[test_idx])
+        provenance.update(calibration=f"random {args.cal_fraction:g} of the rows (seed {args.seed})")
+    return taxonomy, cal, test, provenance
+
+
+def _bundle_provenance(clf, model) -> dict:
+    b = clf.bundle_
+    return {
+        "model": str(model) if model is not None else "bundled default model",
+        "arch": b.arch,
+        "tta_angles": list(b.tta_angles),
+        "temperature": round(float(b.temperature), 4),
+        "calibration": f"bundle calibration split ({b.calibration_probs.shape[0]} images)",
+        **{f"training {k}": v for k, v in (b.provenance or {}).items()},
+    }
+
+
+def _from_bundle(args):
+    clf = load_classifier(args.model)
+    b = clf.bundle_
+    if b.test_probs is None:
+        raise UsageError("the model bundle stores no test split; pass --data or --probs")
+    provenance = {"source": "the bundle's stored test split", **_bundle_provenance(clf, args.model)}
+    return clf.taxonomy, (b.calibration_probs, b.calibration_labels), (b.test_probs, b.test_labels), provenance
+
+
+def _from_data(args):
+    from hedged.classifier import UncalibratedError
+
+    try:
+        from models.data import load_labelled_images
+    except ImportError:
+        raise UsageError("--data needs models.data.load_labelled_images, which this install lacks") from None
+    clf = load_classifier(args.model, batch_size=args.batch_size)
+    path = Path(args.data)
+    if not path.exists():
+        raise UsageError(f"data not found: {path}")
+    try:
+        images, labels = load_labelled_images(path, clf.taxonomy, images=args.images)
+        tta = parse_tta(args.tta)
+        clf.resolve_tta(tta, allow_uncalibrated=False)
+    except UncalibratedError as err:
+        raise UsageError(str(err)) from None
+    except (ValueError, OSError) as err:
+        raise UsageError(f"cannot read data {path}: {err}") from None
+    if len(images) == 0:
+        raise UsageError(f"no labelled images in {path}")
+    probs = clf.predict_proba(images, tta=tta, progress=_progress(len(images)))
+    provenance = {"source": f"labelled images {path} ({len(images)})", **_bundle_provenance(clf, args.model)}
+    b = clf.bundle_
+    return clf.taxonomy, (b.calibration_probs, b.calibration_labels), (probs, labels), provenance
+
+
+def _progress(total: int):
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        return None
+    from rich.progress import Progress
+
+    bar = Progress(console=console, transient=True)
+    task = bar.add_task("classifying", total=total)
+
+    def update(done, n):
+        if done and not bar.live.is_started:
+            bar.start()
+        bar.update(task, completed=done)
+        if done >= n:
+            bar.stop()
+
+    return update
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    try:
+        return _run(args, argv)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _run(args, argv) -> int:
+    from hedged.report import write_report
+
+    if args.data is not None and args.probs is not None:
+        raise UsageError("--data and --probs are alternatives; give one")
+    if not 0.0 < args.delta < 1.0:
+        raise UsageError(f"--delta must be in (0, 1), got {args.delta}")
+    if not 0.0 < args.alpha < 1.0:
+        raise UsageError(f"--alpha must be in (0, 1), got {args.alpha}")
+    if args.probs is None and (args.cal_probs or args.cal_labels or args.labels or args.taxonomy):
+        raise UsageError("--labels, --taxonomy, --cal-probs and --cal-labels need --probs")
+    if args.probs is not None:
+        taxonomy, cal, test, provenance = _from_probs(args)
+    elif args.data is not None:
+        taxonomy, cal, test, provenance = _from_data(args)
+    else:
+        taxonomy, cal, test, provenance = _from_bundle(args)
+    cmd = sys.argv[1:] if argv is None else list(argv)
+    provenance["command"] = "python evaluate.py " + shlex.join(cmd)
+    title = args.title or f"Hedged prediction report ({provenance['source']})"
+    try:
+        metrics = write_report(
+            args.out, taxonomy, cal[0], cal[1], test[0], test[1],
+            title=title, provenance=provenance, guarantee=args.guarantee, delta=args.delta, alpha=args.alpha,
+        )
+    except ValueError as err:  # shapes, labels not in the taxonomy, bad posteriors
+        raise UsageError(str(err)) from None
+    darts = {r["target"]: r for r in metrics["table"]["darts"]}
+    summary = ", ".join(f"{t:.2f}->{darts[t]['accuracy']:.3f}" for t in sorted(darts))
+    print(f"wrote {Path(args.out) / 'report.md'} (n_test={metrics['n_test']}; DARTS target->achieved: {summary})")
+    return EXIT_OK
