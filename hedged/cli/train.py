@@ -1,0 +1,114 @@
+"""``train.py``: fine-tune a backbone on a labelled image collection and write a model bundle."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+DESCRIPTION = """\
+Fine-tune an ImageNet EfficientNet-Lite on labelled photos and write a model
+bundle (weights, taxonomy, preprocessing, TTA angles, temperature, calibration
+posteriors, test posteriors, metrics, provenance) for predict.py/evaluate.py.
+
+Data: a CSV (image, label and optional group column; entries are paths relative
+to the CSV, also looked up under images/ and with .jpg) or an ImageFolder tree
+(one subfolder per label). Labels map to taxonomy leaves through the YAML's
+aliases; rows whose label is no leaf (e.g. "Not sure") are dropped and counted.
+Whole groups (--group-column, default sender_id/group when present) go to one
+of train / validation / calibration / test.
+
+Method (practical on 2 CPU cores): the frozen front of the network runs once
+per augmented view and its feature maps are cached; only the last
+--train-blocks blocks and the head are trained, with early stopping on
+validation NLL. The TTA angle set and the temperature are then chosen on
+validation; calibration posteriors come from the calibration split only.
+"""
+
+
+def _angles(text: str):
+    if text == "auto":
+        return "auto"
+    try:
+        angles = tuple(float(a) for a in text.split(",") if a.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or comma-separated degrees like 0,-15,15, got {text!r}") from None
+    if not angles:
+        raise argparse.ArgumentTypeError("needs at least one angle")
+    return angles
+
+
+def _fractions(text: str):
+    try:
+        f = tuple(float(x) for x in text.replace("/", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be 4 numbers like 0.6,0.1,0.15,0.15, got {text!r}") from None
+    if len(f) != 4 or any(x <= 0 for x in f) or abs(sum(f) - 1) > 1e-6:
+        raise argparse.ArgumentTypeError(f"must be 4 positive numbers summing to 1, got {text!r}")
+    return f
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from hedged.cli._common import Parser
+    from models.training import TrainConfig
+
+    d = TrainConfig(data="", taxonomy="", out="")
+    p = Parser(prog="train.py", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="../shared/data/clothing", help="CSV file, folder with images.csv, or ImageFolder root (default: %(default)s)")
+    p.add_argument("--taxonomy", default="taxonomies/clothing.yaml", help="taxonomy YAML (default: %(default)s)")
+    p.add_argument("--out", required=True, help="bundle directory to write")
+    p.add_argument("--arch", default=d.arch, choices=["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
+    p.add_argument("--image-size", type=_positive, default=d.image_size, help="input side in px (default: the arch's native size)")
+    p.add_argument("--epochs", type=_positive, default=d.epochs, help="max epochs over the cached views (default: %(default)s)")
+    p.add_argument("--train-blocks", type=int, default=d.train_blocks, help="trained tail blocks; the rest is frozen and cached (default: %(default)s)")
+    p.add_argument("--aug-views", type=_positive, default=d.aug_views, help="cached views per training image, the first unaugmented (default: %(default)s)")
+    p.add_argument("--tta", type=_angles, default=d.tta, help="TTA angles, e.g. 0,-15,15, or 'auto' = best by validation NLL (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of augmentation and training (default: %(default)s)")
+    p.add_argument("--split-seed", type=int, default=d.split_seed, help="seed of the group split (default: %(default)s)")
+    p.add_argument("--split", type=_fractions, default=d.fractions, dest="fractions",
+                   help="train,validation,calibration,test image shares (default: 0.6,0.1,0.15,0.15)")
+    p.add_argument("--group-column", default=None, help="CSV column whose groups never straddle splits (default: sender_id or group if present)")
+    p.add_argument("--image-column", default=d.image_column)
+    p.add_argument("--label-column", default=d.label_column)
+    p.add_argument("--limit", type=_positive, default=None, help="use a random subset of this many labelled images (for quick tests)")
+    p.add_argument("--cache-dir", default=None, help="keep cached feature maps here to re-train quickly")
+    p.add_argument("--batch-size", type=_positive, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    p.add_argument("--class-weight-power", type=float, default=d.class_weight_power, help="class weight ~ count^-power (default: %(default)s)")
+    p.add_argument("--patience", type=_positive, default=d.patience, help="early-stopping patience in epochs (default: %(default)s)")
+    p.add_argument("--threads", type=_positive, default=d.threads, help="torch threads (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=d.workers, help="image-decoding worker processes (default: %(default)s)")
+    p.add_argument("--fp32", action="store_true", help="store fp32 weights (default: fp16, checked to keep accuracy)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv=None) -> int:
+    from models.data import DatasetError
+    from models.training import TrainConfig, train
+    from taxonomy import TaxonomyError
+
+    args = build_parser().parse_args(argv)
+    kw = {k: v for k, v in vars(args).items() if k not in ("fp32", "quiet")}
+    cfg = TrainConfig(**kw, half=not args.fp32, progress=not args.quiet)
+    try:
+        result = train(cfg)
+    except (DatasetError, TaxonomyError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    test = result["metrics"]["test"]["tta"]
+    print(f"test: top-1 {test['after_ts']['accuracy']:.4f}  NLL {test['after_ts']['nll']:.4f}  "
+          f"ECE {test['after_ts']['ece']:.4f}  (TTA {list(result['angles'])}, T={result['temperature']:.3f})")
+    print(f"bundle: {cfg.out}")
+    return 0

@@ -1,0 +1,455 @@
+"""Fine-tuning on 2 CPU cores: cache the frozen front of the network, train the tail.
+
+The first blocks of an ImageNet EfficientNet-Lite are generic edge/texture
+detectors and cost ~93% of a forward pass; the last blocks plus the head cost ~7%.
+So the frozen front runs exactly once per (augmented) view and its output
+(``C x 14 x 14`` at 224 px, stored as fp16) is cached; training then runs only the
+tail on those maps, many epochs for the price of about one full pass. Augmentation
+(random resized crops, flips, rotations, colour jitter) is applied to the images
+before caching, ``aug_views`` independent draws per training image; each epoch
+picks one of them per image at random.
+
+Evaluation splits are cached once per TTA candidate angle with the *same* tensor
+rotation that prediction uses (:func:`models.rotate_views`), so the TTA set and
+the temperature are chosen on exactly the posteriors the bundle will produce.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision.transforms as T
+from torch import nn
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from models.calibration import accuracy, expected_calibration_error, fit_temperature, nll
+from models.data import DEFAULT_FRACTIONS, SPLITS, check_fractions, load_dataset, split_by_group
+from models.preprocess import Preprocess
+from models.registry import create_model, get_spec
+from models.tta import average_view_probs, rotate, rotate_views
+
+#: TTA candidate sets compared on validation when ``tta="auto"``.
+TTA_CANDIDATES = ((0.0,), (0.0, -15.0, 15.0))
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of :func:`train`; the defaults are what the shipped clothing model used."""
+
+    data: str
+    taxonomy: str
+    out: str
+    arch: str = "efficientnet_lite0"
+    image_size: int | None = None  # None: the architecture's native size
+    crop_pct: float = 1.0  # keep the whole shorter side: garments often reach the photo's edges
+    epochs: int = 30
+    train_blocks: int = 5
+    aug_views: int = 3
+    tta: str | tuple = "auto"  # "auto": best of TTA_CANDIDATES by validation NLL
+    seed: int = 0
+    split_seed: int = 0
+    fractions: tuple = DEFAULT_FRACTIONS
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    class_weight_power: float = 0.5  # weight_c ~ n_c^-power: 0 none, 1 fully balanced
+    patience: int = 6
+    max_rotation: float = 50.0
+    limit: int | None = None
+    cache_dir: str | None = None
+    group_column: str | None = None
+    image_column: str = "image"
+    label_column: str = "label"
+    threads: int = 2
+    workers: int = 1
+    half: bool = True
+    progress: bool = True
+    log: object = field(default=print, repr=False)
+
+
+# ---------------------------------------------------------------------------
+# data
+
+
+class _Views(Dataset):
+    """(image index, view) -> normalised tensor; view 0 is the plain preprocessed image."""
+
+    def __init__(self, paths, preprocess: Preprocess, aug_views: int, max_rotation: float, seed: int):
+        self.paths, self.pre, self.aug_views = paths, preprocess, aug_views
+        self.max_rotation, self.seed = max_rotation, seed
+        s = preprocess.input_size
+        self.crop = T.RandomResizedCrop(s, scale=(0.35, 1.0), ratio=(3 / 4, 4 / 3), antialias=True)
+        self.jitter = T.ColorJitter(0.25, 0.25, 0.25, 0.02)
+
+    def __len__(self):
+        return len(self.paths) * self.aug_views
+
+    def __getitem__(self, k):
+        i, v = divmod(k, self.aug_views)
+        if v == 0:
+            return self.pre(self.paths[i])
+        # per-item seed: the cache is reproducible whatever the worker count
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + k)
+        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
+        im = self.jitter(self.crop(self.pre.load(self.paths[i])))
+        if torch.rand(1, generator=g) < 0.5:
+            im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        x = self.pre.normalize(torch.from_numpy(np.asarray(im).copy())).permute(2, 0, 1)
+        angle = float((torch.rand(1, generator=g) * 2 - 1) * self.max_rotation)
+        return rotate(x[None], angle)[0]
+
+
+class _Plain(Dataset):
+    def __init__(self, paths, preprocess: Preprocess):
+        self.paths, self.pre = paths, preprocess
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        return self.pre(self.paths[i])
+
+
+def _progress(enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TimeRemainingColumn(), disable=not enabled,
+    )
+
+
+class FrozenFront(nn.Module):
+    """Stem + the first ``cut`` blocks of an EfficientNet-Lite (inference only)."""
+
+    def __init__(self, model: nn.Module, cut: int):
+        super().__init__()
+        self.model, self.cut = model, cut
+
+    def forward(self, x):
+        x = self.model.stem(x)
+        for block in self.model._blocks[: self.cut]:
+            x = block(x)
+        return x
+
+
+class Tail(nn.Module):
+    """Blocks ``cut:`` + head + classifier of an EfficientNet-Lite, fed cached maps."""
+
+    def __init__(self, model: nn.Module, cut: int):
+        super().__init__()
+        self.model, self.cut = model, cut
+
+    def forward(self, x):
+        m = self.model
+        return m._fc(m._dropout(m.forward_features(x, start_block=self.cut, stem=False)))
+
+
+@torch.inference_mode()
+def _cache(front, loader, n_items, shape, bar, description, angles=None):
+    """Run the frozen front over a loader; angles=None: one map per item, else (N, k, ...)."""
+    k = 1 if angles is None else len(angles)
+    out = np.empty((n_items, k, *shape), dtype=np.float16)
+    task = bar.add_task(description, total=n_items)
+    pos = 0
+    for x in loader:
+        b = x.shape[0]
+        if angles is not None:
+            x = rotate_views(x, angles)
+        y = front(x.contiguous(memory_format=torch.channels_last)).to(torch.float16)
+        y = y.reshape(k, b, *shape).transpose(0, 1).contiguous()
+        out[pos : pos + b] = y.numpy()
+        pos += b
+        bar.advance(task, b)
+    return out
+
+
+def _cache_key(cfg: TrainConfig, preprocess: Preprocess, cut: int, what: str, ids) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps([cfg.arch, preprocess.to_dict(), cut, cfg.aug_views, cfg.seed, cfg.max_rotation, what]).encode())
+    h.update("\n".join(map(str, ids)).encode())
+    return h.hexdigest()[:16]
+
+
+def _cached(cfg, key, compute):
+    if not cfg.cache_dir:
+        return compute()
+    path = Path(cfg.cache_dir) / f"{key}.npy"
+    if path.is_file():
+        return np.load(path, mmap_mode=None)
+    arr = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, arr)
+    os.replace(tmp, path)
+    return arr
+
+
+# ---------------------------------------------------------------------------
+# training
+
+
+@torch.inference_mode()
+def _tail_logits(tail, feats: np.ndarray, batch: int = 256) -> np.ndarray:
+    """(N, k, C, H, W) fp16 maps -> (N, k, L) float32 logits."""
+    tail.eval()
+    n, k = feats.shape[:2]
+    flat = feats.reshape(n * k, *feats.shape[2:])
+    out = []
+    for s in range(0, len(flat), batch):
+        x = torch.from_numpy(flat[s : s + batch]).float().contiguous(memory_format=torch.channels_last)
+        out.append(tail(x).float())
+    return torch.cat(out).reshape(n, k, -1).numpy()
+
+
+def _fit_tail(cfg, tail, train_feats, y_train, val_feats, y_val, n_leaves, bar):
+    rng = np.random.default_rng(cfg.seed)
+    counts = np.bincount(y_train, minlength=n_leaves).astype(np.float64)
+    w = np.where(counts > 0, np.maximum(counts, 1) ** -cfg.class_weight_power, 0.0)
+    w = w / (w[y_train].mean())  # mean weight over training samples = 1: lr stays comparable
+    crit = nn.CrossEntropyLoss(weight=torch.tensor(w, dtype=torch.float32), label_smoothing=cfg.label_smoothing)
+    params = [p for p in tail.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(y_train) / cfg.batch_size)
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warm = min(steps_per_epoch, total // 10 + 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
+    )
+    best = (math.inf, None, -1)
+    history = []
+    task = bar.add_task("training tail", total=cfg.epochs)
+    yt = torch.from_numpy(y_train)
+    for epoch in range(cfg.epochs):
+        tail.train()
+        order = rng.permutation(len(y_train))
+        views = rng.integers(0, train_feats.shape[1], size=len(y_train))
+        run_loss = 0.0
+        for s in range(0, len(order), cfg.batch_size):
+            idx = order[s : s + cfg.batch_size]
+            if len(idx) < 2:  # BatchNorm needs more than one sample
+                continue
+            x = torch.from_numpy(train_feats[idx, views[idx]]).float().contiguous(memory_format=torch.channels_last)
+            loss = crit(tail(x), yt[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            run_loss += float(loss.detach()) * len(idx)
+        val_logits = _tail_logits(tail, val_feats[:, :1])
+        vp = average_view_probs(val_logits)
+        v_nll, v_acc = nll(vp, y_val), accuracy(vp, y_val)
+        history.append({"epoch": epoch + 1, "train_loss": run_loss / len(y_train), "val_nll": v_nll, "val_acc": v_acc})
+        bar.update(task, advance=1, description=f"training tail (val acc {v_acc:.3f}, nll {v_nll:.3f})")
+        cfg.log(f"epoch {epoch + 1:2d}  train loss {run_loss / len(y_train):.4f}  val acc {v_acc:.4f}  val nll {v_nll:.4f}")
+        # early stopping on validation NLL: a proper score, and what calibration needs
+        if v_nll < best[0]:
+            best = (v_nll, copy.deepcopy(tail.state_dict()), epoch + 1)
+        elif epoch + 1 - best[2] >= cfg.patience:
+            cfg.log(f"early stop: no validation NLL improvement for {cfg.patience} epochs")
+            break
+    if best[1] is not None:
+        tail.load_state_dict(best[1])
+    return history, best[2]
+
+
+def _scores(view_logits, y, angles_idx, t):
+    p = average_view_probs(view_logits[:, angles_idx], t)
+    return {"accuracy": accuracy(p, y), "nll": nll(p, y), "ece": expected_calibration_error(p, y)}, p
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Fine-tune, calibrate and write a model bundle; returns a summary dict.
+
+    See :class:`TrainConfig` for the options and the module docstring for the method.
+    """
+    from models.bundle import library_versions, save_bundle
+    from taxonomy import Taxonomy
+
+    t0 = time.perf_counter()
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    log = cfg.log
+    fractions = check_fractions(cfg.fractions)
+
+    taxonomy = Taxonomy.from_yaml(cfg.taxonomy)
+    data = load_dataset(cfg.data, cfg.image_column, cfg.label_column, cfg.group_column)
+    y_all = taxonomy.resolve_labels(data.labels, missing="drop")
+    dropped = Counter(data.labels[y_all < 0].tolist())
+    log(f"{len(data)} images in {data.source}; dropped {sum(dropped.values())} whose label is no leaf: "
+        + (", ".join(f"{k!r}: {v}" for k, v in dropped.most_common()) or "none"))
+    keep = np.flatnonzero(y_all >= 0)
+    if cfg.limit is not None and cfg.limit < len(keep):
+        keep = np.sort(np.random.default_rng(cfg.seed).choice(keep, cfg.limit, replace=False))
+        log(f"--limit: using {len(keep)} images")
+    data, y_all = data.subset(keep), y_all[keep]
+    split = split_by_group(data.groups, fractions, cfg.split_seed)
+    counts = {s: int(len(v)) for s, v in split.items()}
+    log("split by " + (data.group_column or "image") + ": " + ", ".join(
+        f"{s} {len(v)} images / {len(set(data.groups[v]))} groups" for s, v in split.items()))
+
+    spec = get_spec(cfg.arch)
+    preprocess = spec.preprocess(input_size=cfg.image_size or spec.input_size, crop_pct=cfg.crop_pct)
+    model = create_model(cfg.arch, num_classes=taxonomy.n_leaves, weights="imagenet")
+    if not hasattr(model, "_blocks"):
+        raise ValueError(f"train.py fine-tunes EfficientNet-Lite tails; {cfg.arch!r} has no blocks")
+    n_blocks = len(model._blocks)
+    if not 0 <= cfg.train_blocks <= n_blocks:
+        raise ValueError(f"--train-blocks must be in [0, {n_blocks}] for {cfg.arch}, got {cfg.train_blocks}")
+    cut = n_blocks - cfg.train_blocks
+    front = FrozenFront(model, cut).eval()
+    with torch.inference_mode():
+        s = preprocess.input_size
+        shape = tuple(front(torch.zeros(1, 3, s, s).contiguous(memory_format=torch.channels_last)).shape[1:])
+
+    if cfg.tta == "auto":
+        candidates = TTA_CANDIDATES
+    else:
+        candidates = (tuple(float(a) for a in cfg.tta),)
+    all_angles = tuple(dict.fromkeys(a for c in candidates for a in c))
+    if 0.0 not in all_angles:
+        all_angles = (0.0, *all_angles)
+
+    def loader(ds):
+        return DataLoader(ds, batch_size=8, shuffle=False, num_workers=cfg.workers,
+                          persistent_workers=False, prefetch_factor=4 if cfg.workers else None)
+
+    ids = {name: data.ids[idx] for name, idx in split.items()}
+    feats = {}
+    t_cache = time.perf_counter()
+    with _progress(cfg.progress) as bar:
+        tr = split["train"]
+        key = _cache_key(cfg, preprocess, cut, "train", ids["train"])
+        feats["train"] = _cached(cfg, key, lambda: _cache(
+            front, loader(_Views(data.paths[tr], preprocess, cfg.aug_views, cfg.max_rotation, cfg.seed)),
+            len(tr) * cfg.aug_views, shape, bar, f"caching train views x{cfg.aug_views}",
+        ).reshape(len(tr), cfg.aug_views, *shape))
+        for name in SPLITS[1:]:
+            idx = split[name]
+            key = _cache_key(cfg, preprocess, cut, f"{name}{all_angles}", ids[name])
+            feats[name] = _cached(cfg, key, lambda idx=idx, name=name: _cache(
+                front, loader(_Plain(data.paths[idx], preprocess)), len(idx), shape, bar,
+                f"caching {name} x{len(all_angles)} angles", angles=all_angles))
+    t_cache = time.perf_counter() - t_cache
+    log(f"feature cache ready in {t_cache:.0f}s (maps {shape}, block {cut})")
+
+    # only the tail learns; everything before the cut is fixed by construction
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in [*model._blocks[cut:].parameters(), *model._conv_head.parameters(), *model._bn1.parameters(),
+              *model._fc.parameters()]:
+        p.requires_grad_(True)
+    tail = Tail(model, cut)
+    ys = {name: y_all[idx] for name, idx in split.items()}
+    t_fit = time.perf_counter()
+    with _progress(cfg.progress) as bar:
+        history, best_epoch = _fit_tail(cfg, tail, feats["train"], ys["train"], feats["validation"],
+                                        ys["validation"], taxonomy.n_leaves, bar)
+    t_fit = time.perf_counter() - t_fit
+    model.eval()
+    if cfg.half:
+        # evaluate exactly what is shipped: fp16-rounded weights
+        for k, v in model.state_dict().items():
+            if v.is_floating_point():
+                v.copy_(v.half().float())
+
+    logits = {name: _tail_logits(tail, feats[name]) for name in SPLITS[1:]}
+    pos = {a: i for i, a in enumerate(all_angles)}
+
+    # TTA set and temperature: chosen on validation only
+    tta_table = []
+    for cand in candidates:
+        ai = [pos[a] for a in cand]
+        t = fit_temperature(logits["validation"][:, ai], ys["validation"])
+        sc, _ = _scores(logits["validation"], ys["validation"], ai, t)
+        tta_table.append({"angles": list(cand), "temperature": t, **{f"val_{k}": v for k, v in sc.items()}})
+        log(f"TTA {list(cand)}: val acc {sc['accuracy']:.4f}  nll {sc['nll']:.4f}  (T={t:.3f})")
+    chosen = min(tta_table, key=lambda r: (round(r["val_nll"], 4), len(r["angles"])))
+    angles, temperature = tuple(chosen["angles"]), float(chosen["temperature"])
+    ai = [pos[a] for a in angles]
+    log(f"chosen TTA angles {list(angles)}, temperature {temperature:.3f}")
+
+    # test-set report: with/without TTA, before/after temperature scaling
+    test_report = {}
+    for label, idx in (("tta", ai), ("no_tta", [pos[0.0]])):
+        t_fit_val = fit_temperature(logits["validation"][:, idx], ys["validation"])
+        raw, _ = _scores(logits["test"], ys["test"], idx, 1.0)
+        cal, _ = _scores(logits["test"], ys["test"], idx, t_fit_val)
+        test_report[label] = {"angles": [all_angles[i] for i in idx], "temperature": t_fit_val,
+                              "before_ts": raw, "after_ts": cal}
+    _, cal_probs = _scores(logits["calibration"], ys["calibration"], ai, temperature)
+    _, test_probs = _scores(logits["test"], ys["test"], ai, temperature)
+
+    hedging = _darts_report(taxonomy, cal_probs, ys["calibration"], test_probs, ys["test"], log)
+    elapsed = time.perf_counter() - t0
+    metrics = {
+        "test": test_report,
+        "tta_candidates_validation": tta_table,
+        "darts": hedging,
+        "history": history,
+        "best_epoch": best_epoch,
+        "seconds": {"total": elapsed, "cache": t_cache, "fit": t_fit},
+    }
+    cfg_dict = {k: v for k, v in asdict(cfg).items() if k != "log"}
+    provenance = {
+        "data": str(Path(cfg.data).resolve()),
+        "source": data.source,
+        "sha256": data.sha256,
+        "group_column": data.group_column,
+        "n_images": int(len(y_all) + sum(dropped.values())) if cfg.limit is None else None,
+        "n_used": int(len(y_all)),
+        "dropped_labels": dict(dropped),
+        "split_counts": counts,
+        "split_seed": cfg.split_seed,
+        "seed": cfg.seed,
+        "class_counts": {s: np.bincount(ys[s], minlength=taxonomy.n_leaves).tolist() for s in SPLITS},
+        "config": cfg_dict,
+        "cut_block": cut,
+        "versions": library_versions(),
+    }
+    save_bundle(
+        cfg.out, model=model, arch=cfg.arch, taxonomy=taxonomy, preprocess=preprocess, tta_angles=angles,
+        temperature=temperature, calibration_probs=cal_probs, calibration_labels=ys["calibration"],
+        test_probs=test_probs, test_labels=ys["test"], split={k: v.tolist() for k, v in ids.items()},
+        metrics=metrics, provenance=provenance, half=cfg.half,
+    )
+    log(f"bundle written to {cfg.out} in {elapsed:.0f}s total")
+    return {"metrics": metrics, "provenance": provenance, "angles": angles, "temperature": temperature,
+            "split": split, "data": data, "labels": y_all}
+
+
+def _darts_report(taxonomy, cal_probs, cal_y, test_probs, test_y, log, target: float = 0.95):
+    try:
+        from hedging import Darts
+    except ImportError:
+        return None
+    try:
+        rule = Darts(taxonomy).fit(cal_probs, cal_y)
+        pred = rule.predict_index(test_probs, accuracy=target)
+        nodes = np.asarray(taxonomy.nodes)[pred]
+        correct = taxonomy.is_correct(nodes, test_y)
+        rewards = taxonomy.rewards()
+        gain = rewards[pred] / rewards.max()
+        leaf = np.isin(pred, taxonomy.node_index(list(taxonomy.leaves)))
+        out = {"target": target, "accuracy": float(correct.mean()), "mean_normalised_info_gain": float(gain.mean()),
+               "leaf_share": float(leaf.mean())}
+        log(f"DARTS @ {target}: test accuracy {out['accuracy']:.4f}, info gain {out['mean_normalised_info_gain']:.4f}, "
+            f"leaf share {out['leaf_share']:.3f}")
+        return out
+    except Exception as err:  # noqa: BLE001 - the report is optional; training must still produce a bundle
+        log(f"DARTS report skipped: {err}")
+        return {"error": str(err)}

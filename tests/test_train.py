@@ -1,0 +1,110 @@
+"""train.py end to end on a tiny synthetic data set (64 px, 1 epoch: seconds)."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hedged.cli.train import main
+from models.bundle import load_bundle
+from models.inference import predict_probs
+
+TAXONOMY = """\
+format: hedged-taxonomy/1
+name: things
+children:
+  warm:
+    children:
+      red: {aliases: [Red]}
+      yellow: {aliases: [Yellow]}
+  blue: {aliases: [Blue]}
+"""
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*calibration samples cannot certify")
+
+COLORS = {"Red": (220, 30, 30), "Yellow": (230, 220, 40), "Blue": (30, 40, 220)}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    (root / "images").mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    for g in range(10):
+        for label, rgb in COLORS.items():
+            for j in range(2):
+                name = f"g{g}_{label}_{j}"
+                noise = rng.integers(-20, 20, size=(40, 48, 3))
+                Image.fromarray(np.clip(np.array(rgb) + noise, 0, 255).astype(np.uint8)).save(root / "images" / f"{name}.jpg")
+                rows.append((name, f"s{g}", label))
+        rows.append((f"g{g}_Red_0", f"s{g}", "Not sure"))  # no leaf: dropped and counted
+    with open(root / "images.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "sender_id", "label"])
+        w.writerows(rows)
+    (root / "tax.yaml").write_text(TAXONOMY)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundle") / "b"
+    argv = [
+        "--data", str(dataset), "--taxonomy", str(dataset / "tax.yaml"), "--out", str(out),
+        "--image-size", "64", "--epochs", "1", "--aug-views", "2", "--tta", "0,90",
+        "--workers", "0", "--threads", "1", "--quiet", "--batch-size", "16",
+    ]
+    assert main(argv) == 0
+    return out
+
+
+def test_bundle_loads_with_recipe(trained):
+    b = load_bundle(trained)
+    assert b.taxonomy.leaves == ("warm.red", "warm.yellow", "blue")
+    assert b.tta_angles == (0.0, 90.0)
+    assert b.preprocess.input_size == 64
+    assert b.temperature > 0
+    assert b.calibration_probs.shape[1] == 3
+    np.testing.assert_allclose(b.calibration_probs.sum(1), 1.0, atol=1e-5)
+    assert len(b.calibration_labels) == len(b.split["calibration"])
+    assert len(b.test_labels) == len(b.split["test"])
+
+
+def test_provenance_counts_dropped_labels_and_split(trained):
+    b = load_bundle(trained)
+    prov = b.provenance
+    assert prov["dropped_labels"] == {"Not sure": 10}
+    assert prov["n_used"] == 60
+    assert sum(prov["split_counts"].values()) == 60
+    assert len(prov["sha256"]) == 64
+    ids = [i for s in b.split.values() for i in s]
+    assert len(ids) == len(set(ids)) == 60
+    # groups (s0..s9, the prefix of each id) never straddle two splits
+    owner = {}
+    for name, members in b.split.items():
+        for i in members:
+            assert owner.setdefault(i.split("_")[0], name) == name
+    assert "versions" in prov and "torch" in prov["versions"]
+    manifest = json.loads((trained / "bundle.json").read_text())
+    assert manifest["metrics"]["test"]["tta"]["angles"] == [0.0, 90.0]
+
+
+def test_cached_path_matches_full_model(trained, dataset):
+    """Bundle test posteriors (cached fp16 front + tail) equal a plain forward of the saved model."""
+    b = load_bundle(trained)
+    ids = b.split["test"][:4]
+    paths = [dataset / "images" / f"{i}.jpg" for i in ids]
+    p = predict_probs(b.model, paths, b.preprocess, b.tta_angles, b.temperature)
+    np.testing.assert_allclose(p, b.test_probs[:4], atol=0.03)
+
+
+def test_bad_arguments_exit_2(dataset, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--out", str(tmp_path / "x"), "--split", "0.5,0.5"])
+    assert e.value.code == 2
+    rc = main(["--data", str(tmp_path / "nowhere"), "--taxonomy", str(dataset / "tax.yaml"), "--out", str(tmp_path / "x"), "--quiet"])
+    assert rc == 2
+    assert "data path not found" in capsys.readouterr().err
