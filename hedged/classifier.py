@@ -341,6 +341,7 @@ class HedgedClassifier:
         self,
         inputs,
         *,
+        errors: str = "raise",
         tta=None,
         allow_uncalibrated: bool = False,
         batch_size: int | None = None,
@@ -349,11 +350,17 @@ class HedgedClassifier:
         """Leaf posteriors (N x n_leaves, columns ``taxonomy.leaves``) of images.
 
         ``inputs``: a path, PIL image, array or tensor, or an iterable of them.
-        Raises ``models.ImageLoadError`` naming the first input that cannot be read.
+        ``errors="raise"`` raises ``models.ImageLoadError`` naming the first
+        input that cannot be read; ``"collect"`` gives that input a row of NaN.
+        The other arguments are those of :meth:`predict`.
         """
         angles, _ = self.resolve_tta(tta, allow_uncalibrated)
-        _, _, probs, _ = self._infer(inputs, angles, "raise", batch_size, progress)
-        return probs
+        sources, ok_rows, probs, _ = self._infer(inputs, angles, errors, batch_size, progress)
+        if ok_rows.size == len(sources):
+            return probs
+        out = np.full((len(sources), self.taxonomy.n_leaves), np.nan)
+        out[ok_rows] = probs
+        return out
 
     def predict(
         self,

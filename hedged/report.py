@@ -254,7 +254,8 @@ def plot_depth_shares(metrics: dict, path) -> Path:
     colors = colormaps["viridis_r"](np.linspace(0.1, 0.9, shares.shape[1]))
     ax.stackplot(targets, shares.T, labels=[f"depth {k}" + (" (root)" if k == 0 else "") for k in range(shares.shape[1])],
                  colors=colors, edgecolor="white", lw=0.3)
-    ax.set_xlim(targets.min(), targets.max())
+    if targets.max() > targets.min():
+        ax.set_xlim(targets.min(), targets.max())
     ax.set_ylim(0, 1)
     ax.set_xlabel("target accuracy")
     ax.set_ylabel("share of DARTS answers")

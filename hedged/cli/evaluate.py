@@ -40,8 +40,11 @@ def build_parser() -> Parser:
     p.add_argument("--out", required=True, metavar="DIR", help="report folder (created; files overwritten)")
     p.add_argument("--model", metavar="DIR", default=None, help="model bundle (default: the bundled model)")
     src = p.add_argument_group("labelled images (runs the CNN)")
-    src.add_argument("--data", metavar="PATH", help="CSV (image,label columns) or a folder with one sub-folder per label")
-    src.add_argument("--images", metavar="DIR", help="image folder for a CSV (default: images/ beside it)")
+    src.add_argument("--data", metavar="PATH",
+                     help="CSV with image,label columns (or a folder holding images.csv), or a folder with one "
+                          "sub-folder per label; labels that are not leaves (e.g. 'Not sure') are skipped")
+    src.add_argument("--split", metavar="NAME",
+                     help="keep only the images of this split of the bundle (e.g. test), by image id")
     src.add_argument("--tta", metavar="ANGLES", help="must match the bundle's calibrated TTA (default: the bundle's)")
     src.add_argument("--batch-size", type=positive_int, default=32, metavar="N")
     post = p.add_argument_group("posteriors of any classifier")
@@ -160,29 +163,56 @@ def _from_bundle(args):
 
 def _from_data(args):
     from hedged.classifier import UncalibratedError
+    from models.data import load_dataset
 
-    try:
-        from models.data import load_labelled_images
-    except ImportError:
-        raise UsageError("--data needs models.data.load_labelled_images, which this install lacks") from None
     clf = load_classifier(args.model, batch_size=args.batch_size)
+    b = clf.bundle_
     path = Path(args.data)
     if not path.exists():
         raise UsageError(f"data not found: {path}")
     try:
-        images, labels = load_labelled_images(path, clf.taxonomy, images=args.images)
         tta = parse_tta(args.tta)
         clf.resolve_tta(tta, allow_uncalibrated=False)
+        data = load_dataset(path)
     except UncalibratedError as err:
         raise UsageError(str(err)) from None
     except (ValueError, OSError) as err:
         raise UsageError(f"cannot read data {path}: {err}") from None
-    if len(images) == 0:
-        raise UsageError(f"no labelled images in {path}")
-    probs = clf.predict_proba(images, tta=tta, progress=_progress(len(images)))
-    provenance = {"source": f"labelled images {path} ({len(images)})", **_bundle_provenance(clf, args.model)}
-    b = clf.bundle_
-    return clf.taxonomy, (b.calibration_probs, b.calibration_labels), (probs, labels), provenance
+    notes = []
+    if args.split is not None:
+        if not b.split or args.split not in b.split:
+            known = ", ".join(sorted(b.split)) if b.split else "none stored"
+            raise UsageError(f"the bundle has no split {args.split!r} (splits: {known})")
+        data = data.subset(np.flatnonzero(np.isin(data.ids, np.asarray(b.split[args.split], dtype=str))))
+    elif b.split:
+        seen = {k: int(np.isin(data.ids, np.asarray(v, dtype=str)).sum()) for k, v in b.split.items() if k != "test"}
+        overlap = {k: v for k, v in seen.items() if v}
+        if overlap:
+            msg = "data overlaps the bundle's " + ", ".join(f"{k} split ({v} images)" for k, v in overlap.items())
+            notes.append(msg + "; accuracy will be optimistic (use --split test)")
+            print(f"warning: {notes[-1]}", file=sys.stderr)
+    labels = clf.taxonomy.resolve_labels(data.labels, missing="drop")
+    keep = labels >= 0
+    if not keep.all():
+        skipped = sorted(set(data.labels[~keep].tolist()))
+        notes.append(f"skipped {int((~keep).sum())} images whose label is not a leaf: {', '.join(skipped)}")
+    paths, labels = data.paths[keep], labels[keep]
+    if len(paths) == 0:
+        raise UsageError(f"no labelled images of the taxonomy's classes in {path}")
+    probs = clf.predict_proba(list(paths), errors="collect", tta=tta, progress=_progress(len(paths)))
+    ok = ~np.isnan(probs).any(axis=1)
+    if not ok.all():
+        notes.append(f"skipped {int((~ok).sum())} unreadable images, e.g. {paths[~ok][0]}")
+        print(f"warning: {notes[-1]}", file=sys.stderr)
+    probs = probs[ok]
+    provenance = {
+        "source": f"labelled images {path}" + (f" ({args.split} split)" if args.split else "") + f", {int(ok.sum())}",
+        "data sha256": data.sha256,
+        **_bundle_provenance(clf, args.model),
+    }
+    if notes:
+        provenance["data notes"] = "; ".join(notes)
+    return clf.taxonomy, (b.calibration_probs, b.calibration_labels), (probs, labels[ok]), provenance
 
 
 def _progress(total: int):
