@@ -134,7 +134,8 @@ def _open(src: Any, max_pixels: int | None, min_size: int | None) -> Image.Image
             raise ImageLoadError(f"image file not found: {what}")
         if path.is_dir():
             raise ImageLoadError(f"expected an image file, got a directory: {what}")
-        fp: Any = path
+        with open(path, "rb") as fh:  # closed even when decoding fails
+            return _decode(fh, src, max_pixels, min_size)
     elif isinstance(src, (bytes, bytearray, memoryview)):
         fp = io.BytesIO(bytes(src))
     elif hasattr(src, "read"):
@@ -144,6 +145,11 @@ def _open(src: Any, max_pixels: int | None, min_size: int | None) -> Image.Image
             f"cannot load an image from {type(src).__name__}; expected a path, bytes, a file "
             "object, a PIL image, a numpy array or a torch tensor"
         )
+    return _decode(fp, src, max_pixels, min_size)
+
+
+def _decode(fp: Any, src: Any, max_pixels: int | None, min_size: int | None) -> Image.Image:
+    what = _describe(src)
     try:
         # PIL warns above Image.MAX_IMAGE_PIXELS and raises at twice that; we apply our
         # own limit from the header instead, so silence its warning here.

