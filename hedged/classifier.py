@@ -22,7 +22,7 @@ GUARANTEES = ("pac", "expected")
 ERRORS = ("raise", "collect")
 # Images decoded at once: bounds memory on huge directories while keeping
 # several CNN batches in flight per chunk.
-_CHUNK = 256
+_CHUNK = 64
 
 
 class UncalibratedError(ValueError):
@@ -129,7 +129,7 @@ class HedgedClassifier:
         preprocess=None,
         tta_angles: Sequence[int] = (0,),
         temperature: float = 1.0,
-        batch_size: int = 32,
+        batch_size: int = 8,
     ):
         if not isinstance(taxonomy, Taxonomy):
             raise TypeError(f"taxonomy must be a taxonomy.Taxonomy, got {type(taxonomy).__name__}")

@@ -46,7 +46,7 @@ def build_parser() -> Parser:
     src.add_argument("--split", metavar="NAME",
                      help="keep only the images of this split of the bundle (e.g. test), by image id")
     src.add_argument("--tta", metavar="ANGLES", help="must match the bundle's calibrated TTA (default: the bundle's)")
-    src.add_argument("--batch-size", type=positive_int, default=32, metavar="N")
+    src.add_argument("--batch-size", type=positive_int, default=8, metavar="N", help="images per forward pass (default 8)")
     post = p.add_argument_group("posteriors of any classifier")
     post.add_argument("--probs", metavar="P", help="test posteriors (.npy or .csv)")
     post.add_argument("--labels", metavar="Y", help="test labels (.npy or one per line)")
