@@ -93,14 +93,13 @@ def _print_text(console, pred, clf) -> None:
     node, leaf, tax = pred.node, pred.leaf, clf.taxonomy
     where = "" if pred.source is None else escape(pred.source)
     console.print(f"[bold]{where}[/bold]")
-    name = escape(node.display_name)
     kind = "leaf" if node.is_leaf else f"{len(node.leaves)} leaves"
-    console.print(f"  [bold green]{name}[/bold green]  [dim]{escape(node.name)} ({kind})[/dim]")
+    console.print(f"  answer      [bold green]{escape(node.display_name)}[/bold green]  [dim]({escape(node.name)}, {kind})[/dim]")
     console.print(f"  path        {escape(' > '.join(tax.display_name(v) for v in node.path))}")
     console.print(f"  probability {_fmt_p(pred.probability)}   info gain {pred.info_gain:.2f}")
-    same = " (same)" if leaf.name == node.name else ""
+    same = ", the answer itself" if leaf.name == node.name else ""
     console.print(
-        f"  leaf guess  {escape(leaf.display_name)} [dim]{escape(leaf.name)}[/dim]  {_fmt_p(pred.leaf_probability)}{same}"
+        f"  leaf guess  {escape(leaf.display_name)} {_fmt_p(pred.leaf_probability)}  [dim]({escape(leaf.name)}{same})[/dim]"
     )
 
 
@@ -179,7 +178,8 @@ def _run(args) -> int:
             _print_text(console, p, clf)
     if not guaranteed:
         print(
-            f"warning: TTA {args.tta} differs from the calibrated TTA; the accuracy guarantee does not hold",
+            f"warning: TTA {format_angles(parse_tta(args.tta))} differs from the calibrated TTA "
+            f"{format_angles(clf.tta_angles)}; the accuracy guarantee does not hold",
             file=sys.stderr,
         )
     failed = [p for p in results if p.error is not None]
