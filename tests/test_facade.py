@@ -227,3 +227,18 @@ def test_default_bundle_when_present():
         pytest.skip("the default bundle is not committed yet")
     clf = HedgedClassifier.from_bundle()
     assert clf.taxonomy.n_leaves == clf.calibration_probs_.shape[1]
+
+
+def test_posterior_users_never_import_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np, hedged\n"
+        "t = hedged.Taxonomy.from_edges([('r', 'a'), ('r', 'b')])\n"
+        "c = hedged.HedgedClassifier(t).fit(np.eye(2)[[0, 1] * 20], [0, 1] * 20)\n"
+        "c.predict_from_probs([[0.9, 0.1]], 0.9)\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
