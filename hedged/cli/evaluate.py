@@ -140,15 +140,21 @@ def _from_probs(args):
     return taxonomy, cal, test, provenance
 
 
+# The bundle's provenance also holds the full training config, class counts and
+# library versions; the report quotes what identifies the data and the split.
+_TRAINING_KEYS = ("source", "sha256", "group_column", "n_used", "dropped_labels", "split_counts", "split_seed", "seed")
+
+
 def _bundle_provenance(clf, model) -> dict:
     b = clf.bundle_
+    training = b.provenance or {}
     return {
         "model": str(model) if model is not None else "bundled default model",
         "arch": b.arch,
         "tta_angles": list(b.tta_angles),
         "temperature": round(float(b.temperature), 4),
         "calibration": f"bundle calibration split ({b.calibration_probs.shape[0]} images)",
-        **{f"training {k}": v for k, v in (b.provenance or {}).items()},
+        **{f"training {k}": training[k] for k in _TRAINING_KEYS if training.get(k) is not None},
     }
 
 
