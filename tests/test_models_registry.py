@@ -177,3 +177,15 @@ def test_checkpoint_wrappers_and_dataparallel_prefix(tmp_path):
     loaded = create_model("efficientnet_lite0", weights=path)
     assert loaded.get_classifier().out_features == 3
     assert torch.equal(loaded._fc.weight, model._fc.weight)
+
+
+def test_folding_batchnorm_keeps_the_outputs(lite0):
+    import copy
+
+    fused = copy.deepcopy(lite0).fuse_batchnorm()
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in lite0.modules())  # the original is untouched
+    x = get_spec("efficientnet_lite0").preprocess().batch([FIXTURES / "tshirt.jpg", FIXTURES / "sandal.jpg"])
+    with torch.inference_mode():
+        assert torch.allclose(fused(x), lite0(x), atol=1e-3)
+        assert torch.allclose(fused.forward_features(x), lite0.forward_features(x), atol=1e-4)

@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""Inference throughput: bare backbone forward vs the whole pipeline, without and with TTA.
+
+All rows use the same clothing JPEGs, the same model and the same batch size:
+
+* ``forward``       the model on an already preprocessed, channels_last batch, as
+                    loaded from the checkpoint and with BatchNorm folded into the
+                    convolutions (``EfficientNetLite.fuse_batchnorm``, inference only);
+* ``decode+prep``   JPEG decode + resize + normalise only (``Preprocess.batch``);
+* ``pipeline k=1``  ``models.predict_probs`` from file paths, no TTA (BN-folded model);
+* ``pipeline k=K``  ``models.predict_probs`` with ``--angles`` (K rotated views per image).
+
+``views/s`` counts each rotated view as one image; the ``vs forward`` column is
+views/s divided by the BN-folded bare forward's images/s (how much of the network's speed the
+pipeline keeps; the goal is >= 70 %). Each row is the median of ``--repeats`` timed
+passes after one warm-up pass; passes are interleaved across rows.
+
+    python bench/bench_inference.py --data ../shared/data/clothing --out bench/results/inference.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from models import create_model, get_spec, predict_probs  # noqa: E402
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def pick_images(data: Path, n: int) -> list[Path]:
+    """The first ``n`` photos of images.csv (a fixed, label-mixed set)."""
+    images = data / "images"
+    csv_path = data / "images.csv"
+    if csv_path.is_file():
+        with open(csv_path, newline="") as f:
+            names = [row["image"] for row in csv.DictReader(f)]
+        paths = [images / f"{name}.jpg" for name in names]
+    else:
+        paths = sorted(images.glob("*.jpg"))
+    paths = [p for p in paths if p.is_file()][:n]
+    if len(paths) < n:
+        raise SystemExit(f"error: wanted {n} images under {images}, found {len(paths)}")
+    return paths
+
+
+def time_round_robin(stages: dict, repeats: int) -> dict[str, float]:
+    """Median wall seconds per stage; passes interleave the stages so that load from
+    other processes on a shared machine drifts over all of them alike. One warm-up pass."""
+    times: dict[str, list[float]] = {name: [] for name in stages}
+    for rep in range(repeats + 1):
+        for name, fn in stages.items():
+            t0 = time.perf_counter()
+            fn()
+            if rep:
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "clothing",
+                   help="clothing folder with images.csv and images/ (default: %(default)s)")
+    p.add_argument("--arch", default="efficientnet_lite0")
+    p.add_argument("--n-images", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward (default: %(default)s)")
+    p.add_argument("--angles", default="0,-15,15", help="TTA angles in degrees (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--no-fuse-bn", dest="fuse_bn", action="store_false",
+                   help="run the pipeline on the checkpoint model instead of the BN-folded copy")
+    p.add_argument("--out", type=Path, help="write the results as JSON here")
+    args = p.parse_args(argv)
+    angles = tuple(float(a) for a in args.angles.split(","))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    paths = pick_images(args.data, args.n_images)
+    model = create_model(args.arch)  # eval mode, channels_last parameters
+    fast = copy.deepcopy(model)
+    if args.fuse_bn and hasattr(fast, "fuse_batchnorm"):
+        fast.fuse_batchnorm()
+    pre = get_spec(args.arch).preprocess()
+    bs, n = args.batch_size, len(paths)
+    batches = [pre.batch(paths[i : i + bs]) for i in range(0, n, bs)]
+
+    def forward(net):
+        def run():
+            with torch.inference_mode():
+                for x in batches:
+                    net(x)
+        return run
+
+    def decode():
+        for i in range(0, n, bs):
+            pre.batch(paths[i : i + bs])
+
+    tta = f"pipeline k={len(angles)} {list(angles)}"
+    stages = {
+        "forward, checkpoint model": (forward(model), 1),
+        "forward, BN folded": (forward(fast), 1),
+        "decode+preprocess only": (decode, 0),
+        "pipeline k=1 (predict_probs)": (lambda: predict_probs(fast, paths, pre, angles=(0.0,), batch_size=bs), 1),
+        tta: (lambda: predict_probs(fast, paths, pre, angles=angles, batch_size=bs), len(angles)),
+    }
+    seconds = time_round_robin({k: fn for k, (fn, _) in stages.items()}, args.repeats)
+    rows = []
+    for name, (_, views) in stages.items():
+        rows.append({"name": name, "seconds": seconds[name], "images_per_s": n / seconds[name],
+                     "views_per_image": views, "views_per_s": n * views / seconds[name]})
+    # The pipeline runs the BN-folded model, so it is compared with that model's bare forward.
+    bare = rows[1]["images_per_s"]
+    for row in rows:
+        row["vs_forward"] = row["views_per_s"] / bare if row["views_per_image"] else None
+
+    meta = {
+        "arch": args.arch, "input_size": pre.input_size, "n_images": n, "batch_size": bs, "angles": list(angles),
+        "repeats": args.repeats, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(), "cpu": cpu_model(), "memory_format": "channels_last", "pipeline_bn_folded": args.fuse_bn,
+        "command": " ".join([Path(sys.argv[0]).as_posix()] + (argv if argv is not None else sys.argv[1:])),
+    }
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{args.arch} inference, {n} clothing JPEGs, batch {bs}, "
+                        f"{meta['torch_threads']} threads ({meta['cpu']})")
+    for col in ("stage", "seconds", "images/s", "views/s", "vs forward"):
+        table.add_column(col, justify="left" if col == "stage" else "right")
+    for r in rows:
+        table.add_row(r["name"], f"{r['seconds']:.2f}", f"{r['images_per_s']:.1f}",
+                      f"{r['views_per_s']:.1f}" if r["views_per_image"] else "-",
+                      f"{100 * r['vs_forward']:.0f} %" if r["vs_forward"] is not None else "-")
+    Console().print(table)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
