@@ -186,3 +186,12 @@ def test_script_smoke(bundle, folder):
     rows = json_lines(proc.stdout)
     assert rows[0]["node"] == "animal" and "error" in rows[1]
     assert "Traceback" not in proc.stderr
+
+
+def test_uncertifiable_target_is_one_warning_line(capsys, bundle, folder):
+    code, out, err = run(capsys, folder / "img0.jpg", folder / "img1.png", "--model", bundle, "--accuracy", "0.999",
+                         "--json")
+    assert code == 0
+    assert [r["node"] for r in json_lines(out)] == ["things", "things"]  # 300 samples cannot certify 0.999
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning:") and "0.999" in lines[0]

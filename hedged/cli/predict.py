@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import warnings
 
 from hedged.cli._common import (
     EXIT_FAILED_INPUTS,
@@ -146,13 +147,19 @@ def _run(args) -> int:
             bar.update(task, completed=done)
 
     try:
-        preds = clf.predict(
-            todo, accuracy, errors="collect", tta=tta, allow_uncalibrated=args.allow_uncalibrated,
-            batch_size=args.batch_size, progress=progress,
-        )
+        # The rules warn when the calibration set cannot certify the target (the
+        # answer is then the root): one "warning:" line, not a source excerpt.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            preds = clf.predict(
+                todo, accuracy, errors="collect", tta=tta, allow_uncalibrated=args.allow_uncalibrated,
+                batch_size=args.batch_size, progress=progress,
+            )
     finally:
         if bar is not None:
             bar.stop()
+    for message in dict.fromkeys(" ".join(str(w.message).split()) for w in caught):
+        print(f"warning: {message}", file=sys.stderr)
     by_path = iter(preds)
     results = [
         next(by_path) if err is None else Prediction.failed(path, err, accuracy, args.guarantee)
