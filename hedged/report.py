@@ -275,8 +275,10 @@ def plot_reliability(metrics: dict, path) -> Path:
     ax = fig.add_subplot()
     has = count > 0
     ax.bar(edges[:-1][has], acc[has], width=width[has], align="edge", color="C0", edgecolor="white", label="accuracy")
-    ax.bar(edges[:-1][has], (conf - acc)[has], bottom=acc[has], width=width[has], align="edge",
-           color="C3", alpha=0.3, edgecolor="C3", label="gap to confidence")
+    # The gap is hatched, not filled, so that it reads the same above and below the bar top.
+    low = np.minimum(acc, conf)[has]
+    ax.bar(edges[:-1][has], np.abs(conf - acc)[has], bottom=low, width=width[has], align="edge",
+           fill=False, hatch="///", edgecolor="C3", lw=0.8, label="gap to mean confidence")
     ax.plot([0, 1], [0, 1], "k--", lw=1)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
