@@ -7,6 +7,7 @@ straight to the DARTS rule (``hedging.Darts``), calibrated once per guarantee.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -158,9 +159,14 @@ class HedgedClassifier:
         from models.bundle import DEFAULT_BUNDLE
 
         bundle = load_bundle(DEFAULT_BUNDLE if path is None else path)
+        model = bundle.model
+        if hasattr(model, "fuse_batchnorm"):
+            # Folding BatchNorm into the convolutions saves about a fifth of CPU
+            # inference time; a copy, so that bundle_.model still matches its checkpoint.
+            model = copy.deepcopy(model).fuse_batchnorm()
         clf = cls(
             bundle.taxonomy,
-            model=bundle.model,
+            model=model,
             preprocess=bundle.preprocess,
             tta_angles=bundle.tta_angles,
             temperature=bundle.temperature,
@@ -316,7 +322,8 @@ class HedgedClassifier:
                     rows.append(i)
                 except (ImageLoadError, OSError) as err:
                     if errors == "raise":
-                        where = f"{sources[i]}: " if sources[i] is not None else f"input {i}: "
+                        # Messages about files name the file; say which in-memory input it was.
+                        where = "" if sources[i] is not None else f"input {i}: "
                         raise ImageLoadError(where + str(err)) from None
                     failures[i] = str(err)
             if images:

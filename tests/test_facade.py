@@ -242,3 +242,18 @@ def test_posterior_users_never_import_torch():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_bundle_model_is_fused_for_inference_without_changing_outputs(clf):
+    import torch
+
+    assert clf.model is not clf.bundle_.model
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in clf.model.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in clf.bundle_.model.modules())
+    # The test head ignores its input and a fresh network's deep features are ~0,
+    # so compare the stem (conv + folded BatchNorm + activation).
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        fused, plain = clf.model.stem(x), clf.bundle_.model.stem(x)
+    assert plain.abs().max() > 0.1
+    torch.testing.assert_close(fused, plain, atol=1e-4, rtol=1e-4)
