@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from numbers import Real
 
 import numpy as np
@@ -128,7 +128,7 @@ class HedgedClassifier:
         delta: float = 0.05,
         model=None,
         preprocess=None,
-        tta_angles: Sequence[int] = (0,),
+        tta_angles: Sequence[float] = (0.0,),
         temperature: float = 1.0,
         batch_size: int = 8,
     ):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -47,7 +48,7 @@ def build_parser() -> Parser:
         prog="predict.py",
         description=DESCRIPTION,
         epilog=EPILOG,
-        formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files, directories or glob patterns")
     p.add_argument("--accuracy", default="0.95", metavar="A",
