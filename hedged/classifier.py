@@ -47,12 +47,8 @@ def check_guarantee(guarantee) -> str:
     return guarantee
 
 
-def normalize_angles(angles) -> tuple[float, ...]:
-    """Rotation TTA angles as a sorted tuple of degrees in [0, 360).
-
-    The views are averaged, so order and repeats do not change the posterior;
-    the normal form makes "same TTA as calibrated" a tuple comparison.
-    """
+def check_angles(angles) -> tuple[float, ...]:
+    """Rotation TTA angles as a non-empty tuple of finite floats (degrees), order kept."""
     if angles is None:
         return (0.0,)
     if isinstance(angles, (Real, np.number)):
@@ -61,10 +57,20 @@ def normalize_angles(angles) -> tuple[float, ...]:
     for a in angles:
         if isinstance(a, bool) or not isinstance(a, (Real, np.number)) or not math.isfinite(float(a)):
             raise ValueError(f"TTA angles must be finite numbers of degrees, got {a!r}")
-        out.append(float(a) % 360.0)
+        out.append(float(a))
     if not out:
         raise ValueError("TTA angles must not be empty (use (0,) for no augmentation)")
-    return tuple(sorted(set(out)))
+    return tuple(out)
+
+
+def normalize_angles(angles) -> tuple[float, ...]:
+    """The set of rotations as a sorted tuple of degrees in [0, 360).
+
+    The views are averaged, so order and repeats do not change the posterior,
+    and -15 is 345: the normal form makes "same TTA as calibrated" a tuple
+    comparison.
+    """
+    return tuple(sorted({a % 360.0 for a in check_angles(angles)}))
 
 
 def format_angles(angles) -> str:
@@ -139,7 +145,7 @@ class HedgedClassifier:
         self.delta = delta
         self.model = model
         self.preprocess = preprocess
-        self.tta_angles = normalize_angles(tta_angles)
+        self.tta_angles = check_angles(tta_angles)
         self.temperature = temperature
         self.batch_size = batch_size
         self._rules: dict[str, Darts] = {}
@@ -284,12 +290,18 @@ class HedgedClassifier:
         return self._gain
 
     # ------------------------------------------------------------------ images
-    def resolve_tta(self, tta, allow_uncalibrated: bool) -> tuple[tuple[int, ...], bool]:
-        if tta is None:
+    def resolve_tta(self, tta, allow_uncalibrated: bool = False) -> tuple[tuple[float, ...], bool]:
+        """The angles to run and whether the guarantee holds for them.
+
+        ``tta=None`` or the same set of rotations as calibrated (any order,
+        ``-15`` = ``345``) gives the calibrated angles; another set raises
+        :class:`UncalibratedError` unless ``allow_uncalibrated``.
+        """
+        # The calibrated angles themselves go to the model, so that the views
+        # are computed exactly as for the calibration posteriors.
+        if tta is None or normalize_angles(tta) == normalize_angles(self.tta_angles):
             return self.tta_angles, True
-        angles = normalize_angles(tta)
-        if angles == self.tta_angles:
-            return angles, True
+        angles = check_angles(tta)
         if not allow_uncalibrated:
             raise UncalibratedError(
                 f"TTA angles {format_angles(angles)} differ from the calibrated ones {format_angles(self.tta_angles)}: "

@@ -257,3 +257,15 @@ def test_bundle_model_is_fused_for_inference_without_changing_outputs(clf):
         fused, plain = clf.model.stem(x), clf.bundle_.model.stem(x)
     assert plain.abs().max() > 0.1
     torch.testing.assert_close(fused, plain, atol=1e-4, rtol=1e-4)
+
+
+def test_same_rotations_in_another_spelling_are_the_calibrated_tta():
+    p, y = synthetic_split(TAX, 50, seed=6)
+    clf = HedgedClassifier(TAX, tta_angles=(0, -15, 15)).fit(p, y)
+    assert clf.resolve_tta(None) == ((0.0, -15.0, 15.0), True)
+    assert clf.resolve_tta([15, 345, 0, 0]) == ((0.0, -15.0, 15.0), True)  # the model gets the calibrated spelling
+    assert clf.resolve_tta([0, 90], allow_uncalibrated=True) == ((0.0, 90.0), False)
+    with pytest.raises(UncalibratedError, match="0,-15,15"):
+        clf.resolve_tta([0])
+    with pytest.raises(ValueError, match="finite"):
+        clf.resolve_tta([0, float("nan")])

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from hedged.classifier import check_accuracy, normalize_angles
+from hedged.classifier import check_accuracy, check_angles
 
 EXIT_OK, EXIT_FAILED_INPUTS, EXIT_USAGE = 0, 1, 2
 
@@ -41,7 +41,7 @@ def parse_tta(text: str | None):
     if text.strip().lower() in ("off", "none"):
         return (0.0,)
     try:
-        return normalize_angles([float(a) for a in text.split(",") if a.strip()])
+        return check_angles([float(a) for a in text.split(",") if a.strip()])
     except ValueError:
         raise UsageError(f"--tta must be 'off' or comma-separated degrees like 0,90,180,270, got {text!r}") from None
 
