@@ -351,14 +351,15 @@ def _markdown(metrics: dict, figures: dict, title: str, provenance: Mapping | No
             )
     captions = {
         "accuracy_specificity": ("Accuracy vs specificity",
-                                 "Each point is one accuracy target; further right is more specific. DARTS "
-                                 "should dominate: more information at the same accuracy."),
+                                 "Each point is one accuracy target; up and to the right is better: more "
+                                 "information at the same accuracy."),
         "target_accuracy": ("Achieved vs target accuracy",
                             "Shaded: Clopper-Pearson intervals. A calibrated rule stays on or above the "
                             "diagonal; the flat classifier ignores the target."),
         "depth_shares": ("Depth of DARTS answers", "How often DARTS answers at each depth as the target rises."),
         "reliability": ("Reliability of the leaf posteriors",
-                        "Top-1 confidence against accuracy in equal-width bins (after temperature scaling)."),
+                        "Top-1 confidence of the leaf posteriors (as the rules see them) against top-1 "
+                        "accuracy, in equal-width bins."),
         "confusion": ("Leaf confusion", "Rows: true leaf (normalised); columns: the top-1 leaf."),
     }
     if m.get("notes"):
