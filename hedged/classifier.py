@@ -151,6 +151,7 @@ class HedgedClassifier:
         self._rules: dict[str, Darts] = {}
         self._nodes: dict[str, Node] = {}
         self._gain = None
+        self._specific = None
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -248,6 +249,8 @@ class HedgedClassifier:
         Returns
         -------
         list of Prediction
+            The DARTS answer, except that a node with a single child is
+            reported as that child (the same classes, named more precisely).
         """
         accuracy = check_accuracy(accuracy)
         guarantee = check_guarantee(self.guarantee if guarantee is None else guarantee)
@@ -257,7 +260,7 @@ class HedgedClassifier:
         rule = self.rule(guarantee)
         if probs.shape[0] == 0:
             return []
-        idx = np.asarray(rule.predict_index(probs, accuracy=accuracy), dtype=np.int64)
+        idx = self._most_specific()[np.asarray(rule.predict_index(probs, accuracy=accuracy), dtype=np.int64)]
         rows = np.arange(probs.shape[0])
         node_p = self.taxonomy.node_probs(probs)[rows, idx]
         leaf_idx = probs.argmax(axis=1)
@@ -280,6 +283,24 @@ class HedgedClassifier:
             )
             for src, i, p, g, j, lp in zip(sources, idx, node_p, gain, leaf_idx, leaf_p)
         ]
+
+    def _most_specific(self) -> np.ndarray:
+        """Node index -> the deepest node with the same leaves (down single-child chains).
+
+        DARTS breaks score ties towards the more general node, and a node with
+        one child ties with that child exactly (same leaves, same probability,
+        same reward): "Footwear" when the only footwear class is "Shoes". The
+        answer is the same set of classes either way; the child names it better.
+        """
+        if self._specific is None:
+            tax = self.taxonomy
+            out = np.arange(tax.n_nodes)
+            for i, v in enumerate(tax.nodes):
+                while tax.graph.out_degree(v) == 1:
+                    (v,) = tax.graph.successors(v)
+                out[i] = tax.node_index(v)
+            self._specific = out
+        return self._specific
 
     def _normalised_gain(self) -> np.ndarray:
         if self._gain is None:

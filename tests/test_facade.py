@@ -269,3 +269,20 @@ def test_same_rotations_in_another_spelling_are_the_calibrated_tta():
         clf.resolve_tta([0])
     with pytest.raises(ValueError, match="finite"):
         clf.resolve_tta([0, float("nan")])
+
+
+def test_single_child_nodes_are_named_by_their_child():
+    tax = Taxonomy.from_edges(
+        [("root", "feet"), ("feet", "shoes"), ("root", "body"), ("body", "shirt"), ("body", "pants")],
+        leaves=["shoes", "shirt", "pants"],
+    )
+    p, y = synthetic_split(tax, 300, seed=7, sharpness=4.0)
+    clf = HedgedClassifier(tax).fit(p, y)
+    probs = np.array([[0.98, 0.01, 0.01], [0.01, 0.5, 0.49]])
+    rule_answers = clf.rule().predict(probs, accuracy=0.8)
+    preds = clf.predict_from_probs(probs, accuracy=0.8)
+    assert rule_answers[0] == "feet" and preds[0].node.name == "shoes"  # same leaves, the precise name
+    node_p = clf.node_proba(probs)
+    for i, (pred, answer) in enumerate(zip(preds, rule_answers)):
+        assert pred.node.leaves == tax.leaves_under(answer)
+        assert pred.probability == pytest.approx(node_p[i, tax.node_index(answer)])

@@ -95,7 +95,7 @@ def _print_text(console, pred, clf) -> None:
     node, leaf, tax = pred.node, pred.leaf, clf.taxonomy
     where = "" if pred.source is None else escape(pred.source)
     console.print(f"[bold]{where}[/bold]")
-    kind = "leaf" if node.is_leaf else f"{len(node.leaves)} leaves"
+    kind = "leaf" if node.is_leaf else f"{len(node.leaves)} leaves"  # a single-leaf node is shown as its leaf
     console.print(f"  answer      [bold green]{escape(node.display_name)}[/bold green]  [dim]({escape(node.name)}, {kind})[/dim]")
     console.print(f"  path        {escape(' > '.join(tax.display_name(v) for v in node.path))}")
     console.print(f"  probability {_fmt_p(pred.probability)}   info gain {pred.info_gain:.2f}")
