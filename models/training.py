@@ -53,7 +53,11 @@ class TrainConfig:
     out: str
     arch: str = "efficientnet_lite0"
     image_size: int | None = None  # None: the architecture's native size
+    resize: str = "center_crop"
     crop_pct: float = 1.0  # keep the whole shorter side: garments often reach the photo's edges
+    # bilinear: what the shipped model's feature cache was computed with; bicubic scored
+    # only 0.7 points better with the zero-shot ImageNet head (docs/normalisation.md)
+    interpolation: str = "bilinear"
     epochs: int = 30
     train_blocks: int = 5
     aug_views: int = 3
@@ -63,9 +67,12 @@ class TrainConfig:
     fractions: tuple = DEFAULT_FRACTIONS
     batch_size: int = 64
     lr: float = 1e-3
+    block_lr_scale: float = 1.0  # learning rate of the pretrained tail blocks relative to the new head
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
     class_weight_power: float = 0.5  # weight_c ~ n_c^-power: 0 none, 1 fully balanced
+    mixup: float = 0.0  # Beta(a, a) mixing of cached maps and targets (manifold mixup); 0 = off
+    dropout: float | None = None  # before the classifier; None: the architecture's default
     patience: int = 6
     max_rotation: float = 50.0
     limit: int | None = None
@@ -221,8 +228,12 @@ def _fit_tail(cfg, tail, train_feats, y_train, val_feats, y_val, n_leaves, bar):
     w = np.where(counts > 0, np.maximum(counts, 1) ** -cfg.class_weight_power, 0.0)
     w = w / (w[y_train].mean())  # mean weight over training samples = 1: lr stays comparable
     crit = nn.CrossEntropyLoss(weight=torch.tensor(w, dtype=torch.float32), label_smoothing=cfg.label_smoothing)
-    params = [p for p in tail.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    head = set(map(id, tail.model._fc.parameters()))
+    groups = [
+        {"params": [p for p in tail.parameters() if p.requires_grad and id(p) not in head], "lr": cfg.lr * cfg.block_lr_scale},
+        {"params": list(tail.model._fc.parameters()), "lr": cfg.lr},
+    ]
+    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(y_train) / cfg.batch_size)
     total = max(1, cfg.epochs * steps_per_epoch)
     warm = min(steps_per_epoch, total // 10 + 1)
@@ -243,7 +254,13 @@ def _fit_tail(cfg, tail, train_feats, y_train, val_feats, y_val, n_leaves, bar):
             if len(idx) < 2:  # BatchNorm needs more than one sample
                 continue
             x = torch.from_numpy(train_feats[idx, views[idx]]).float().contiguous(memory_format=torch.channels_last)
-            loss = crit(tail(x), yt[idx])
+            if cfg.mixup > 0:
+                lam = float(rng.beta(cfg.mixup, cfg.mixup))
+                perm = torch.from_numpy(rng.permutation(len(idx)))
+                out = tail(lam * x + (1 - lam) * x[perm])
+                loss = lam * crit(out, yt[idx]) + (1 - lam) * crit(out, yt[idx][perm])
+            else:
+                loss = crit(tail(x), yt[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -303,7 +320,10 @@ def train(cfg: TrainConfig) -> dict:
         f"{s} {len(v)} images / {len(set(data.groups[v]))} groups" for s, v in split.items()))
 
     spec = get_spec(cfg.arch)
-    preprocess = spec.preprocess(input_size=cfg.image_size or spec.input_size, crop_pct=cfg.crop_pct)
+    preprocess = spec.preprocess(
+        input_size=cfg.image_size or spec.input_size, resize=cfg.resize, crop_pct=cfg.crop_pct,
+        interpolation=cfg.interpolation,
+    )
     model = create_model(cfg.arch, num_classes=taxonomy.n_leaves, weights="imagenet")
     if not hasattr(model, "_blocks"):
         raise ValueError(f"train.py fine-tunes EfficientNet-Lite tails; {cfg.arch!r} has no blocks")
@@ -353,6 +373,8 @@ def train(cfg: TrainConfig) -> dict:
     for p in [*model._blocks[cut:].parameters(), *model._conv_head.parameters(), *model._bn1.parameters(),
               *model._fc.parameters()]:
         p.requires_grad_(True)
+    if cfg.dropout is not None:
+        model._dropout.p = cfg.dropout
     tail = Tail(model, cut)
     ys = {name: y_all[idx] for name, idx in split.items()}
     t_fit = time.perf_counter()
