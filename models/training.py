@@ -383,11 +383,21 @@ def train(cfg: TrainConfig) -> dict:
                                         ys["validation"], taxonomy.n_leaves, bar)
     t_fit = time.perf_counter() - t_fit
     model.eval()
+    fp16_check = None
     if cfg.half:
-        # evaluate exactly what is shipped: fp16-rounded weights
+        # evaluate exactly what is shipped: fp16-rounded weights; record what the cast changed
+        before = _tail_logits(tail, feats["test"][:, :1])[:, 0]
         for k, v in model.state_dict().items():
             if v.is_floating_point():
                 v.copy_(v.half().float())
+        after = _tail_logits(tail, feats["test"][:, :1])[:, 0]
+        fp16_check = {
+            "test_top1_fp32": float(np.mean(before.argmax(1) == ys["test"])),
+            "test_top1_fp16": float(np.mean(after.argmax(1) == ys["test"])),
+            "max_abs_logit_change": float(np.abs(before - after).max()),
+        }
+        log(f"fp16 weights: test top-1 {fp16_check['test_top1_fp32']:.4f} -> {fp16_check['test_top1_fp16']:.4f}, "
+            f"max logit change {fp16_check['max_abs_logit_change']:.4f}")
 
     logits = {name: _tail_logits(tail, feats[name]) for name in SPLITS[1:]}
     pos = {a: i for i, a in enumerate(all_angles)}
@@ -424,6 +434,7 @@ def train(cfg: TrainConfig) -> dict:
         "darts": hedging,
         "history": history,
         "best_epoch": best_epoch,
+        "fp16_check": fp16_check,
         "seconds": {"total": elapsed, "cache": t_cache, "fit": t_fit},
     }
     cfg_dict = {k: v for k, v in asdict(cfg).items() if k != "log"}
