@@ -23,6 +23,19 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
+def run_cli(parser: argparse.ArgumentParser, run, argv=None) -> int:
+    """Parse ``argv`` and call ``run(args)``; a :class:`UsageError` becomes one line and exit 2."""
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    try:
+        return run(args)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+
 def parse_accuracy(text: str) -> float:
     try:
         value = float(text)

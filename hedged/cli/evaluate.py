@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hedged.cli._common import EXIT_OK, EXIT_USAGE, Parser, UsageError, load_classifier, parse_tta, positive_int
+from hedged.cli._common import EXIT_OK, Parser, UsageError, load_classifier, parse_tta, positive_int, run_cli
 
 DESCRIPTION = """\
 Write an evaluation report of hedged prediction: report.md with figures
@@ -243,16 +243,7 @@ def _progress(total: int):
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    try:
-        return _run(args, argv)
-    except UsageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_USAGE
+    return run_cli(build_parser(), lambda args: _run(args, argv), argv)
 
 
 def _run(args, argv) -> int:

@@ -11,13 +11,13 @@ import warnings
 from hedged.cli._common import (
     EXIT_FAILED_INPUTS,
     EXIT_OK,
-    EXIT_USAGE,
     Parser,
     UsageError,
     load_classifier,
     parse_accuracy,
     parse_tta,
     positive_int,
+    run_cli,
 )
 
 DESCRIPTION = """\
@@ -106,16 +106,7 @@ def _print_text(console, pred, clf) -> None:
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    try:
-        return _run(args)
-    except UsageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_USAGE
+    return run_cli(build_parser(), _run, argv)
 
 
 def _run(args) -> int:
