@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from hedged.cli._common import positive_int
+
 DESCRIPTION = """\
 Fine-tune an ImageNet EfficientNet-Lite on labelled photos and write a model
 bundle (weights, taxonomy, preprocessing, TTA angles, temperature, calibration
@@ -47,16 +49,6 @@ def _fractions(text: str):
     return f
 
 
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return v
-
-
 def build_parser() -> argparse.ArgumentParser:
     from hedged.cli._common import Parser
     from models.training import TrainConfig
@@ -67,11 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--taxonomy", default="taxonomies/clothing.yaml", help="taxonomy YAML (default: %(default)s)")
     p.add_argument("--out", required=True, help="bundle directory to write")
     p.add_argument("--arch", default=d.arch, choices=["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
-    p.add_argument("--image-size", type=_positive, default=d.image_size, help="input side in px (default: the arch's native size)")
+    p.add_argument("--image-size", type=positive_int, default=d.image_size, help="input side in px (default: the arch's native size)")
     p.add_argument("--resize", default=d.resize, choices=["center_crop", "squash", "pad"], help="resize policy (default: %(default)s)")
-    p.add_argument("--epochs", type=_positive, default=d.epochs, help="max epochs over the cached views (default: %(default)s)")
+    p.add_argument("--epochs", type=positive_int, default=d.epochs, help="max epochs over the cached views (default: %(default)s)")
     p.add_argument("--train-blocks", type=int, default=d.train_blocks, help="trained tail blocks; the rest is frozen and cached (default: %(default)s)")
-    p.add_argument("--aug-views", type=_positive, default=d.aug_views, help="cached views per training image, the first unaugmented (default: %(default)s)")
+    p.add_argument("--aug-views", type=positive_int, default=d.aug_views, help="cached views per training image, the first unaugmented (default: %(default)s)")
     p.add_argument("--tta", type=_angles, default=d.tta, help="TTA angles, e.g. 0,-15,15, or 'auto' = best by validation NLL (default: %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of augmentation and training (default: %(default)s)")
     p.add_argument("--split-seed", type=int, default=d.split_seed, help="seed of the group split (default: %(default)s)")
@@ -80,9 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group-column", default=None, help="CSV column whose groups never straddle splits (default: sender_id or group if present)")
     p.add_argument("--image-column", default=d.image_column)
     p.add_argument("--label-column", default=d.label_column)
-    p.add_argument("--limit", type=_positive, default=None, help="use a random subset of this many labelled images (for quick tests)")
+    p.add_argument("--limit", type=positive_int, default=None, help="use a random subset of this many labelled images (for quick tests)")
     p.add_argument("--cache-dir", default=None, help="keep cached feature maps here to re-train quickly")
-    p.add_argument("--batch-size", type=_positive, default=d.batch_size)
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--block-lr-scale", type=float, default=d.block_lr_scale, help="lr of the pretrained tail blocks relative to the head (default: %(default)s)")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
@@ -90,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-weight-power", type=float, default=d.class_weight_power, help="class weight ~ count^-power (default: %(default)s)")
     p.add_argument("--mixup", type=float, default=d.mixup, help="Beta(a, a) mixing of cached feature maps; 0 = off (default: %(default)s)")
     p.add_argument("--dropout", type=float, default=d.dropout, help="dropout before the classifier (default: the arch's)")
-    p.add_argument("--patience", type=_positive, default=d.patience, help="early-stopping patience in epochs (default: %(default)s)")
-    p.add_argument("--threads", type=_positive, default=d.threads, help="torch threads (default: %(default)s)")
+    p.add_argument("--patience", type=positive_int, default=d.patience, help="early-stopping patience in epochs (default: %(default)s)")
+    p.add_argument("--threads", type=positive_int, default=d.threads, help="torch threads (default: %(default)s)")
     p.add_argument("--workers", type=int, default=d.workers, help="image-decoding worker processes (default: %(default)s)")
     p.add_argument("--fp32", action="store_true", help="store fp32 weights (default: fp16, checked to keep accuracy)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
