@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -220,13 +221,18 @@ def test_progress_callback_reaches_the_total(clf, images):
     assert seen[-1] == (3, 3)
 
 
-def test_default_bundle_when_present():
-    from models.bundle import DEFAULT_BUNDLE
-
-    if not (DEFAULT_BUNDLE / "bundle.json").is_file():
-        pytest.skip("the default bundle is not committed yet")
+def test_default_bundle_classifies_the_example_photos():
+    """The README's main job: the shipped model on the shipped test-split examples."""
+    repo = Path(__file__).resolve().parents[1]
     clf = HedgedClassifier.from_bundle()
     assert clf.taxonomy.n_leaves == clf.calibration_probs_.shape[1]
+    polo, hat, jacket = clf.predict([repo / "examples" / f"{n}.jpg" for n in ("polo", "hat", "jacket")], accuracy=0.95)
+    assert polo.node.name == "body.upper.short_sleeve.polo" and polo.probability > 0.9
+    assert hat.node.name == "head.hat"
+    # the jacket is unsure between coat and blazer: hedged above the leaves, yet covering the truth
+    assert len(jacket.node.leaves) > 1 and "body.upper.outerwear.outwear" in jacket.node.leaves
+    [specific] = clf.predict(repo / "examples" / "jacket.jpg", accuracy=0.8)
+    assert specific.node.depth >= jacket.node.depth
 
 
 def test_posterior_users_never_import_torch():
