@@ -25,7 +25,6 @@ import copy
 import csv
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -36,17 +35,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from _machine import cpu_model  # noqa: E402  (bench/ is sys.path[0] for a script)
 from models import create_model, get_spec, predict_probs  # noqa: E402
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def pick_images(data: Path, n: int) -> list[Path]:
