@@ -174,7 +174,7 @@ class HedgingRule:
     """Base of the decision rules: parameters, fit, predict (scikit-learn shape).
 
     Subclasses implement ``_calibration_steps(probs, y) -> (starts, n_correct)``
-    and ``_decide(probs, t) -> node indices`` on validated input.
+    and ``_decide(probs, t) -> node indices`` on validated input and a finite ``t``.
     """
 
     _parameter_name = "parameter"
@@ -266,6 +266,19 @@ class HedgingRule:
         """Node indices (into ``taxonomy.nodes``), one per sample, for a target accuracy."""
         t = self._parameter_for(accuracy)
         probs = check_probs(probs, self.taxonomy.n_leaves)
+        return self._decide_index(probs, t)
+
+    def _decide_with(self, probs, t, name: str) -> np.ndarray:
+        """``decide_index`` of the subclasses: a given parameter, no calibration needed."""
+        t = check_parameter(t, name)
+        if not hasattr(self, "_root"):
+            self._prepare()
+        return self._decide_index(check_probs(probs, self.taxonomy.n_leaves), t)
+
+    def _decide_index(self, probs: np.ndarray, t: float) -> np.ndarray:
+        # An infinite parameter means the root for everyone, whatever the rule.
+        if math.isinf(t):
+            return np.full(probs.shape[0], self._root, dtype=np.int64)
         return self._decide(probs, t)
 
     def predict(self, probs, accuracy=0.95) -> np.ndarray:

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from hedging._base import HedgingRule, check_accuracy, check_parameter, check_probs
+from hedging._base import HedgingRule, check_accuracy
 
 # Scores within this relative gap are ties. It absorbs the rounding of a
 # breakpoint lambda computed by the calibration, so that decide() at exactly a
@@ -109,11 +109,7 @@ class Darts(HedgingRule):
         higher probability, i.e. the more general, safer one, then to the
         lower node index. ``lam = inf`` gives the root.
         """
-        lam = check_parameter(lam, "lam")
-        if not hasattr(self, "rewards_"):
-            self._prepare()
-        probs = check_probs(probs, self.taxonomy.n_leaves)
-        return self._decide(probs, lam)
+        return self._decide_with(probs, lam, "lam")
 
     def decide(self, probs, lam) -> np.ndarray:
         """Node names chosen by f_lambda; see :meth:`decide_index`."""
@@ -123,9 +119,6 @@ class Darts(HedgingRule):
     def _decide(self, probs: np.ndarray, lam: float) -> np.ndarray:
         n = probs.shape[0]
         out = np.empty(n, dtype=np.int64)
-        if math.isinf(lam):
-            out[:] = self._root
-            return out
         shifted = self.rewards_ + lam
         step = self._chunk_rows()
         for s in range(0, n, step):

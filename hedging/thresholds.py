@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from hedging._base import HedgingRule, check_parameter, check_probs
+from hedging._base import HedgingRule
 
 _GUARANTEE_DOC = """
     Parameters
@@ -38,10 +38,7 @@ class _ThresholdRule(HedgingRule):
 
     def decide_index(self, probs, threshold) -> np.ndarray:
         """Node indices for a given threshold (no calibration involved)."""
-        threshold = check_parameter(threshold, "threshold")
-        if not hasattr(self, "_root"):
-            self._prepare()
-        return self._decide(check_probs(probs, self.taxonomy.n_leaves), threshold)
+        return self._decide_with(probs, threshold, "threshold")
 
     def decide(self, probs, threshold) -> np.ndarray:
         """Node names for a given threshold."""
@@ -118,9 +115,6 @@ class Climbing(_ThresholdRule):
     def _decide(self, probs: np.ndarray, theta: float) -> np.ndarray:
         n = probs.shape[0]
         out = np.empty(n, dtype=np.int64)
-        if math.isinf(theta):
-            out[:] = self._root
-            return out
         step = self._chunk_rows()
         for s in range(0, n, step):
             chunk = probs[s : s + step]
