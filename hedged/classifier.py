@@ -16,7 +16,7 @@ from numbers import Real
 import numpy as np
 
 from hedged.results import Node, Prediction
-from hedging import Darts
+from hedging import Darts, check_accuracy
 from taxonomy import Taxonomy
 
 GUARANTEES = ("pac", "expected")
@@ -29,16 +29,6 @@ _CHUNK = 64
 class UncalibratedError(ValueError):
     """The classifier has no calibration data, or is asked to predict with a
     test-time augmentation its calibration was not made for."""
-
-
-def check_accuracy(accuracy) -> float:
-    """``accuracy`` as a float in (0, 1], or ValueError naming the bad value."""
-    if isinstance(accuracy, bool) or not isinstance(accuracy, (Real, np.floating, np.integer)):
-        raise ValueError(f"accuracy must be a number in (0, 1], got {accuracy!r}")
-    value = float(accuracy)
-    if not (0.0 < value <= 1.0):  # also rejects NaN
-        raise ValueError(f"accuracy must be in (0, 1], got {accuracy!r}")
-    return value
 
 
 def check_guarantee(guarantee) -> str:

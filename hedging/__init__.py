@@ -11,9 +11,9 @@ then ``rule.predict(probs, accuracy=0.95)`` for any target, without refitting.
 Hierarchical metrics live in :mod:`hedging.metrics`.
 """
 
-from hedging._base import NotFittedError
+from hedging._base import NotFittedError, check_accuracy
 from hedging.darts import Darts
 from hedging.flat import FlatClassifier
 from hedging.thresholds import Climbing, LeafGT
 
-__all__ = ["Darts", "Climbing", "LeafGT", "FlatClassifier", "NotFittedError"]
+__all__ = ["Darts", "Climbing", "LeafGT", "FlatClassifier", "NotFittedError", "check_accuracy"]
