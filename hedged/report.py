@@ -140,8 +140,6 @@ def evaluate(
     -------
     dict (JSON-ready apart from numpy arrays; see :func:`write_report`)
     """
-    from models.calibration import expected_calibration_error
-
     cal_probs, cal_y = _check_split(taxonomy, cal_probs, cal_labels, "calibration")
     test_probs, test_y = _check_split(taxonomy, test_probs, test_labels, "test")
     targets = np.asarray(targets, dtype=np.float64)
@@ -161,6 +159,7 @@ def evaluate(
 
     top1 = test_probs.argmax(axis=1)
     confusion = None
+    reliability = reliability_bins(test_probs, test_y)
     if taxonomy.n_leaves <= MAX_CONFUSION_LEAVES:
         confusion = np.zeros((taxonomy.n_leaves, taxonomy.n_leaves), dtype=np.int64)
         np.add.at(confusion, (test_y, top1), 1)
@@ -175,9 +174,11 @@ def evaluate(
         "max_depth": int(taxonomy.depths.max()),
         "leaf": {
             "top1_accuracy": float(np.mean(top1 == test_y)),
-            "ece": expected_calibration_error(test_probs, test_y, n_bins=ECE_BINS),
+            # ECE from the diagram's own bins (same as models.calibration.expected_calibration_error)
+            "ece": float(np.nansum(reliability["count"] * np.abs(reliability["confidence"] - reliability["accuracy"]))
+                         / test_y.size),
             "ece_bins": ECE_BINS,
-            "reliability": reliability_bins(test_probs, test_y),
+            "reliability": reliability,
         },
         "curves": curves,
         "depth_shares": {"rule": "darts", "targets": targets, "shares": depth},
