@@ -19,7 +19,6 @@ bundle with :class:`BundleError` rather than predicting garbage.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from torch import nn
 
 from taxonomy import Taxonomy, TaxonomyError
 
+from models.data import sha256_file
 from models.preprocess import Preprocess
 from models.registry import ARCHS, create_model
 from models.tta import check_angles
@@ -91,14 +91,6 @@ class Bundle:
     test_labels: np.ndarray | None = None
     split: dict[str, list] | None = None
     path: Path | None = None
-
-
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def library_versions() -> dict[str, str]:

@@ -72,8 +72,13 @@ class ImageDataset:
         )
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def sha256_file(path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _resolve_image(root: Path, entry: str) -> Path | None:
@@ -121,7 +126,7 @@ def read_csv_dataset(
     labels = np.array([r[label_column].strip() for r in rows])
     groups = np.array([r[group_column].strip() for r in rows]) if group_column else ids.copy()
     return ImageDataset(
-        np.array([str(p) for p in paths]), labels, groups, ids, str(csv_path), _sha256(csv_path), group_column
+        np.array([str(p) for p in paths]), labels, groups, ids, str(csv_path), sha256_file(csv_path), group_column
     )
 
 
