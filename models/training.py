@@ -9,9 +9,10 @@ tail on those maps, many epochs for the price of about one full pass. Augmentati
 before caching, ``aug_views`` independent draws per training image; each epoch
 picks one of them per image at random.
 
-Evaluation splits are cached once per TTA candidate angle with the *same* tensor
-rotation that prediction uses (:func:`models.rotate_views`), so the TTA set and
-the temperature are chosen on exactly the posteriors the bundle will produce.
+The validation split is cached unrotated for early stopping only. Every posterior
+the bundle reports or stores (validation for choosing the TTA set and the
+temperature, calibration, test) is computed afterwards by :func:`models.predict_logits`
+on the finished fp16-rounded model, i.e. exactly as ``predict.py`` computes it.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from models.calibration import accuracy, expected_calibration_error, fit_temperature, nll
 from models.data import DEFAULT_FRACTIONS, SPLITS, check_fractions, load_dataset, split_by_group
+from models.inference import predict_logits
 from models.preprocess import Preprocess
 from models.registry import create_model, get_spec
 from models.tta import average_view_probs, rotate, rotate_views
@@ -50,13 +52,15 @@ class TrainConfig:
     data: str
     taxonomy: str
     out: str
-    arch: str = "efficientnet_lite0"
-    image_size: int | None = None  # None: the architecture's native size
+    # Lite1 at 280 px: the best frozen-feature linear probe on the validation split and
+    # in group 5-fold CV of train+validation (docs/model.md, bench/backbone_probe.py)
+    arch: str = "efficientnet_lite1"
+    image_size: int | None = 280  # None: the architecture's native size
     resize: str = "center_crop"
     crop_pct: float = 1.0  # keep the whole shorter side: garments often reach the photo's edges
-    # bilinear: what the shipped model's feature cache was computed with; bicubic scored
-    # only 0.7 points better with the zero-shot ImageNet head (docs/normalisation.md)
-    interpolation: str = "bilinear"
+    # bicubic: what bench/backbone_probe.py measured with; it also scored 0.7 points above
+    # bilinear with the zero-shot ImageNet head (docs/normalisation.md)
+    interpolation: str = "bicubic"
     epochs: int = 30
     train_blocks: int = 5
     aug_views: int = 3
@@ -357,12 +361,13 @@ def train(cfg: TrainConfig) -> dict:
             front, loader(_Views(data.paths[tr], preprocess, cfg.aug_views, cfg.max_rotation, cfg.seed)),
             len(tr) * cfg.aug_views, shape, bar, f"caching train views x{cfg.aug_views}",
         ).reshape(len(tr), cfg.aug_views, *shape))
-        for name in SPLITS[1:]:
-            idx = split[name]
-            key = _cache_key(cfg, preprocess, cut, f"{name}{all_angles}", ids[name])
-            feats[name] = _cached(cfg, key, lambda idx=idx, name=name: _cache(
-                front, loader(_Plain(data.paths[idx], preprocess)), len(idx), shape, bar,
-                f"caching {name} x{len(all_angles)} angles", angles=all_angles))
+        # validation drives early stopping, unrotated; the reported posteriors of every
+        # evaluation split come from the finished model below, not from this cache
+        va = split["validation"]
+        key = _cache_key(cfg, preprocess, cut, "validation(0.0,)", ids["validation"])
+        feats["validation"] = _cached(cfg, key, lambda: _cache(
+            front, loader(_Plain(data.paths[va], preprocess)), len(va), shape, bar,
+            "caching validation", angles=(0.0,)))
     t_cache = time.perf_counter() - t_cache
     log(f"feature cache ready in {t_cache:.0f}s (maps {shape}, block {cut})")
 
@@ -385,20 +390,29 @@ def train(cfg: TrainConfig) -> dict:
     fp16_check = None
     if cfg.half:
         # evaluate exactly what is shipped: fp16-rounded weights; record what the cast changed
-        before = _tail_logits(tail, feats["test"][:, :1])[:, 0]
+        before = _tail_logits(tail, feats["validation"])[:, 0]
         for k, v in model.state_dict().items():
             if v.is_floating_point():
                 v.copy_(v.half().float())
-        after = _tail_logits(tail, feats["test"][:, :1])[:, 0]
+        after = _tail_logits(tail, feats["validation"])[:, 0]
         fp16_check = {
-            "test_top1_fp32": float(np.mean(before.argmax(1) == ys["test"])),
-            "test_top1_fp16": float(np.mean(after.argmax(1) == ys["test"])),
+            "validation_top1_fp32": float(np.mean(before.argmax(1) == ys["validation"])),
+            "validation_top1_fp16": float(np.mean(after.argmax(1) == ys["validation"])),
             "max_abs_logit_change": float(np.abs(before - after).max()),
         }
-        log(f"fp16 weights: test top-1 {fp16_check['test_top1_fp32']:.4f} -> {fp16_check['test_top1_fp16']:.4f}, "
-            f"max logit change {fp16_check['max_abs_logit_change']:.4f}")
+        log(f"fp16 weights: validation top-1 {fp16_check['validation_top1_fp32']:.4f} -> "
+            f"{fp16_check['validation_top1_fp16']:.4f}, max logit change {fp16_check['max_abs_logit_change']:.4f}")
 
-    logits = {name: _tail_logits(tail, feats[name]) for name in SPLITS[1:]}
+    # Every reported posterior comes from the finished model run exactly as prediction
+    # runs it (decoding, preprocessing, rotated views), not from the fp16 feature cache:
+    # the bundle's calibration posteriors are then the ones predict.py will produce.
+    t_eval = time.perf_counter()
+    logits = {}
+    for name in SPLITS[1:]:
+        log(f"scoring the {name} split ({len(split[name])} images x {len(all_angles)} angles)")
+        logits[name] = predict_logits(model, data.paths[split[name]], preprocess, all_angles,
+                                      progress=cfg.progress)
+    t_eval = time.perf_counter() - t_eval
     pos = {a: i for i, a in enumerate(all_angles)}
 
     # TTA set and temperature: chosen on validation only
@@ -434,7 +448,7 @@ def train(cfg: TrainConfig) -> dict:
         "history": history,
         "best_epoch": best_epoch,
         "fp16_check": fp16_check,
-        "seconds": {"total": elapsed, "cache": t_cache, "fit": t_fit},
+        "seconds": {"total": elapsed, "cache": t_cache, "fit": t_fit, "evaluate": t_eval},
     }
     cfg_dict = {k: v for k, v in asdict(cfg).items() if k != "log"}
     provenance = {

@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--taxonomy", default="taxonomies/clothing.yaml", help="taxonomy YAML (default: %(default)s)")
     p.add_argument("--out", required=True, help="bundle directory to write")
     p.add_argument("--arch", default=d.arch, choices=["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
-    p.add_argument("--image-size", type=positive_int, default=d.image_size, help="input side in px (default: the arch's native size)")
+    p.add_argument("--image-size", type=positive_int, default=d.image_size, help="input side in px (default: %(default)s)")
     p.add_argument("--resize", default=d.resize, choices=["center_crop", "squash", "pad"], help="resize policy (default: %(default)s)")
     p.add_argument("--epochs", type=positive_int, default=d.epochs, help="max epochs over the cached views (default: %(default)s)")
     p.add_argument("--train-blocks", type=int, default=d.train_blocks, help="trained tail blocks; the rest is frozen and cached (default: %(default)s)")
