@@ -175,14 +175,19 @@ def check_fractions(fractions) -> tuple[float, ...]:
     return f
 
 
-def split_by_group(groups, fractions=DEFAULT_FRACTIONS, seed: int = 0) -> dict[str, np.ndarray]:
+def split_by_group(groups, fractions=DEFAULT_FRACTIONS, seed: int = 0, labels=None) -> dict[str, np.ndarray]:
     """Partition sample indices into train/validation/calibration/test, whole groups only.
 
     Groups are taken from the largest down (ties in a seeded random order) and each
-    goes to the split furthest below its target share of *images*. With very
-    unequal groups (one contributor with 15% of the photos) this keeps the image
-    shares close to ``fractions``, which counting groups would not, and the largest
-    contributors land in train, so the evaluation splits hold many contributors.
+    goes to the split where it does the most good: without ``labels``, the split
+    furthest below its target share of *images*; with ``labels``, the split whose
+    per-class counts it brings closest to ``fraction * class total`` (each class
+    weighted by 1 / its total, so a rare class counts as much as a common one),
+    which keeps every class in every split in proportion as far as whole groups
+    allow. With very unequal groups (one contributor with 15% of the photos) this
+    keeps the image shares close to ``fractions``, which counting groups would not,
+    and the largest contributors land in train, so the evaluation splits hold many
+    contributors.
 
     Parameters
     ----------
@@ -191,6 +196,8 @@ def split_by_group(groups, fractions=DEFAULT_FRACTIONS, seed: int = 0) -> dict[s
     fractions : 4 floats summing to 1
         Target image shares of train, validation, calibration, test.
     seed : int
+    labels : array-like of int, optional
+        Class of each sample (``>= 0``) to stratify on.
 
     Returns
     -------
@@ -200,28 +207,46 @@ def split_by_group(groups, fractions=DEFAULT_FRACTIONS, seed: int = 0) -> dict[s
     Raises
     ------
     DatasetError
-        Fewer groups than splits, or bad fractions.
+        Fewer groups than splits, bad fractions, or ``labels`` of another length.
     """
     fractions = np.array(check_fractions(fractions))
     groups = np.asarray(groups)
     uniq, inverse, sizes = np.unique(groups, return_inverse=True, return_counts=True)
     if len(uniq) < len(SPLITS):
         raise DatasetError(f"need at least {len(SPLITS)} groups to split, got {len(uniq)}")
+    if labels is None:
+        counts = sizes[:, None].astype(float)  # one pseudo-class: image shares only
+    else:
+        labels = np.asarray(labels)
+        if labels.shape != groups.shape:
+            raise DatasetError(f"labels must have one entry per sample ({len(groups)}), got shape {labels.shape}")
+        if labels.size and labels.min() < 0:
+            raise DatasetError("labels must be class indices >= 0")
+        counts = np.zeros((len(uniq), int(labels.max()) + 1 if labels.size else 1))
+        np.add.at(counts, (inverse, labels), 1.0)
+    totals = counts.sum(0)
+    weight = 1.0 / np.maximum(totals, 1.0)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(uniq))
     order = order[np.argsort(-sizes[order], kind="stable")]
-    target = fractions * len(groups)
-    filled = np.zeros(len(SPLITS))
+    target = fractions[:, None] * totals[None, :]  # (split, class)
+    filled = np.zeros_like(target)
     empty = set(range(len(SPLITS)))
     assign = np.empty(len(uniq), dtype=int)
     remaining = len(uniq)
     for g in order:
         if len(empty) >= remaining:  # keep enough groups back that no split stays empty
-            s = min(empty, key=lambda i: filled[i] - target[i])
+            options = np.array(sorted(empty))
         else:
-            s = int(np.argmin(filled - target))
+            options = np.arange(len(SPLITS))
+        # change in the weighted squared distance to the targets if g joins split s;
+        # the image-share deficit breaks ties (and decides alone without labels)
+        before = ((filled[options] - target[options]) ** 2 * weight).sum(1)
+        after = ((filled[options] + counts[g] - target[options]) ** 2 * weight).sum(1)
+        deficit = (filled[options].sum(1) - target[options].sum(1)) / len(groups)
+        s = int(options[np.lexsort((deficit, np.round(after - before, 9)))[0]])
         assign[g] = s
-        filled[s] += sizes[g]
+        filled[s] += counts[g]
         empty.discard(s)
         remaining -= 1
     per_sample = assign[inverse]

@@ -99,3 +99,46 @@ def test_image_folder(tmp_path):
     assert list(d.labels) == ["Cat", "Cat", "Dog"]
     assert len(set(d.groups)) == 3  # one group per image
     assert list(d.ids) == ["Cat/1.jpg", "Cat/2.png", "Dog/deep/3.jpg"]
+
+
+def test_stratified_split_keeps_every_class_in_proportion():
+    # 40 groups of 5 photos, half all class 0 and half all class 1, listed so that
+    # image shares alone would fill train with class 0 first
+    groups = np.repeat(np.arange(40), 5).astype(str)
+    labels = np.repeat((np.arange(40) >= 20).astype(int), 5)
+    split = split_by_group(groups, seed=0, labels=labels)
+    per_class = {k: np.bincount(labels[v], minlength=2).tolist() for k, v in split.items()}
+    # targets 0.6/0.1/0.15/0.15 of each class's 100 photos, reachable exactly with whole groups
+    assert per_class == {"train": [60, 60], "validation": [10, 10], "calibration": [15, 15], "test": [15, 15]}
+
+
+def test_stratified_split_spreads_a_rare_class():
+    # one common class in big groups, a rare class in 4 one-photo groups
+    groups = np.array([f"big{i // 20}" for i in range(200)] + ["r0", "r1", "r2", "r3"])
+    labels = np.array([0] * 200 + [1] * 4)
+    split = split_by_group(groups, seed=1, labels=labels)
+    rare = {k: int((labels[v] == 1).sum()) for k, v in split.items()}
+    # split by image shares alone, all four land in one split (test, with this seed)
+    assert sum(rare.values()) == 4 and max(rare.values()) <= 2 and rare["train"] >= 1, rare
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 30), st.integers(0, 4)), min_size=4, max_size=50), st.integers(0, 2**16))
+def test_stratified_split_is_a_group_partition(spec, seed):
+    sizes = [n for n, _ in spec]
+    groups = np.repeat(np.arange(len(spec)), sizes).astype(str)
+    labels = np.repeat([c for _, c in spec], sizes)
+    split = split_by_group(groups, seed=seed, labels=labels)
+    assert sorted(np.concatenate(list(split.values()))) == list(range(len(groups)))
+    owner = {}
+    for name, idx in split.items():
+        assert len(idx) > 0, name
+        for g in set(groups[idx]):
+            assert owner.setdefault(g, name) == name
+
+
+def test_stratify_labels_must_match_samples():
+    with pytest.raises(DatasetError, match="one entry per sample"):
+        split_by_group(np.arange(10).astype(str), labels=np.zeros(9, dtype=int))
+    with pytest.raises(DatasetError, match=">= 0"):
+        split_by_group(np.arange(10).astype(str), labels=-np.ones(10, dtype=int))
