@@ -50,6 +50,7 @@ def predict_logits(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     images = list(images)
     model.eval()
+    device = next(model.parameters()).device  # inputs follow the model (CPU unless moved)
     chunks = []
     bar = None
     if progress:
@@ -61,11 +62,11 @@ def predict_logits(
     try:
         for start in range(0, len(images), batch_size):
             part = images[start : start + batch_size]
-            x = rotate_views(preprocess.batch(part), angles).contiguous(memory_format=torch.channels_last)
+            x = rotate_views(preprocess.batch(part), angles).to(device).contiguous(memory_format=torch.channels_last)
             # Views go through the network batch_size at a time: on CPU a batch of k*B views
             # runs slower per view than k batches of B (cache-bound depthwise convolutions).
             logits = torch.cat([model(v) for v in x.split(batch_size)])
-            chunks.append(split_views(logits.float(), len(angles)).numpy())
+            chunks.append(split_views(logits.float(), len(angles)).cpu().numpy())
             if bar is not None:
                 bar.advance(task, len(part))
     finally:

@@ -79,11 +79,16 @@ class TrainConfig:
     patience: int = 6
     max_rotation: float = 50.0
     limit: int | None = None
+    # keep every class in every split in proportion, as far as whole groups allow: the
+    # unstratified split put 19 of the 39 Top photos in test and 6 in train
+    stratify: bool = True
+    contributor_power: float = 0.0  # sample weight ~ (photos of its group)^-power: 0 off
     cache_dir: str | None = None
     group_column: str | None = None
     image_column: str = "image"
     label_column: str = "label"
     threads: int = 2
+    device: str = "cpu"
     workers: int = 1
     half: bool = True
     progress: bool = True
@@ -169,7 +174,7 @@ class Tail(nn.Module):
 
 
 @torch.inference_mode()
-def _cache(front, loader, n_items, shape, bar, description, angles=None):
+def _cache(front, loader, n_items, shape, bar, description, angles=None, device="cpu"):
     """Run the frozen front over a loader; angles=None: one map per item, else (N, k, ...)."""
     k = 1 if angles is None else len(angles)
     out = np.empty((n_items, k, *shape), dtype=np.float16)
@@ -179,9 +184,9 @@ def _cache(front, loader, n_items, shape, bar, description, angles=None):
         b = x.shape[0]
         if angles is not None:
             x = rotate_views(x, angles)
-        y = front(x.contiguous(memory_format=torch.channels_last)).to(torch.float16)
+        y = front(x.to(device).contiguous(memory_format=torch.channels_last)).to(torch.float16)
         y = y.reshape(k, b, *shape).transpose(0, 1).contiguous()
-        out[pos : pos + b] = y.numpy()
+        out[pos : pos + b] = y.cpu().numpy()
         pos += b
         bar.advance(task, b)
     return out
@@ -216,21 +221,63 @@ def _cached(cfg, key, compute):
 def _tail_logits(tail, feats: np.ndarray, batch: int = 256) -> np.ndarray:
     """(N, k, C, H, W) fp16 maps -> (N, k, L) float32 logits."""
     tail.eval()
+    device = next(tail.parameters()).device
     n, k = feats.shape[:2]
     flat = feats.reshape(n * k, *feats.shape[2:])
     out = []
     for s in range(0, len(flat), batch):
-        x = torch.from_numpy(flat[s : s + batch]).float().contiguous(memory_format=torch.channels_last)
-        out.append(tail(x).float())
+        x = torch.from_numpy(flat[s : s + batch]).to(device).float().contiguous(memory_format=torch.channels_last)
+        out.append(tail(x).float().cpu())
     return torch.cat(out).reshape(n, k, -1).numpy()
 
 
-def _fit_tail(cfg, tail, train_feats, y_train, val_feats, y_val, n_leaves, bar):
+def sample_weights(y, n_classes: int, class_power: float = 0.5, groups=None, group_power: float = 0.0) -> np.ndarray:
+    """Per-sample loss weights ``count(class)^-class_power * size(group)^-group_power``, mean 1.
+
+    Parameters
+    ----------
+    y : int array (N,)
+        Class of each training sample.
+    n_classes : int
+    class_power : float
+        0: classes as they come; 1: every class weighs the same in total.
+    groups : array (N,), optional
+        Group (contributor) of each sample.
+    group_power : float
+        0: off; 1: every group weighs the same in total. A few contributors own most
+        training photos; down-weighting them keeps the model from learning their
+        floors and lighting instead of the garments.
+
+    Returns
+    -------
+    np.ndarray
+        ``(N,)`` float64 weights with mean 1, so the learning rate keeps its meaning.
+
+    Examples
+    --------
+    >>> sample_weights(np.array([0, 0, 1]), 2, class_power=0.0, groups=np.array(["a", "a", "b"]), group_power=1.0)
+    array([0.75, 0.75, 1.5 ])
+    """
+    y = np.asarray(y)
+    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+    w = np.maximum(counts, 1.0)[y] ** -class_power
+    if groups is not None and group_power > 0:
+        _, inv, sizes = np.unique(np.asarray(groups), return_inverse=True, return_counts=True)
+        w = w * sizes[inv].astype(np.float64) ** -group_power
+    return w / w.mean()
+
+
+def _fit_tail(cfg, tail, train_feats, y_train, val_feats, y_val, n_leaves, bar, groups=None):
     rng = np.random.default_rng(cfg.seed)
-    counts = np.bincount(y_train, minlength=n_leaves).astype(np.float64)
-    w = np.where(counts > 0, np.maximum(counts, 1) ** -cfg.class_weight_power, 0.0)
-    w = w / (w[y_train].mean())  # mean weight over training samples = 1: lr stays comparable
-    crit = nn.CrossEntropyLoss(weight=torch.tensor(w, dtype=torch.float32), label_smoothing=cfg.label_smoothing)
+    device = torch.device(cfg.device)
+    sample_w = torch.tensor(sample_weights(y_train, n_leaves, cfg.class_weight_power, groups, cfg.contributor_power),
+                            dtype=torch.float32)
+    crit = nn.CrossEntropyLoss(reduction="none", label_smoothing=cfg.label_smoothing)
+
+    def loss_of(out, target, idx):
+        sw = sample_w[idx].to(device)
+        return (crit(out, target) * sw).sum() / sw.sum()
+
     head = set(map(id, tail.model._fc.parameters()))
     groups = [
         {"params": [p for p in tail.parameters() if p.requires_grad and id(p) not in head], "lr": cfg.lr * cfg.block_lr_scale},
@@ -246,7 +293,7 @@ def _fit_tail(cfg, tail, train_feats, y_train, val_feats, y_val, n_leaves, bar):
     best = (math.inf, None, -1)
     history = []
     task = bar.add_task("training tail", total=cfg.epochs)
-    yt = torch.from_numpy(y_train)
+    yt = torch.from_numpy(y_train).to(device)
     for epoch in range(cfg.epochs):
         tail.train()
         order = rng.permutation(len(y_train))
@@ -256,14 +303,16 @@ def _fit_tail(cfg, tail, train_feats, y_train, val_feats, y_val, n_leaves, bar):
             idx = order[s : s + cfg.batch_size]
             if len(idx) < 2:  # BatchNorm needs more than one sample
                 continue
-            x = torch.from_numpy(train_feats[idx, views[idx]]).float().contiguous(memory_format=torch.channels_last)
+            x = torch.from_numpy(train_feats[idx, views[idx]]).to(device).float()
+            x = x.contiguous(memory_format=torch.channels_last)
+            ti = torch.from_numpy(idx)
             if cfg.mixup > 0:
                 lam = float(rng.beta(cfg.mixup, cfg.mixup))
                 perm = torch.from_numpy(rng.permutation(len(idx)))
-                out = tail(lam * x + (1 - lam) * x[perm])
-                loss = lam * crit(out, yt[idx]) + (1 - lam) * crit(out, yt[idx][perm])
+                out = tail(lam * x + (1 - lam) * x[perm.to(device)])
+                loss = lam * loss_of(out, yt[ti], ti) + (1 - lam) * loss_of(out, yt[ti[perm]], ti[perm])
             else:
-                loss = crit(tail(x), yt[idx])
+                loss = loss_of(tail(x), yt[ti], ti)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -317,7 +366,7 @@ def train(cfg: TrainConfig) -> dict:
         keep = np.sort(np.random.default_rng(cfg.seed).choice(keep, cfg.limit, replace=False))
         log(f"--limit: using {len(keep)} images")
     data, y_all = data.subset(keep), y_all[keep]
-    split = split_by_group(data.groups, fractions, cfg.split_seed)
+    split = split_by_group(data.groups, fractions, cfg.split_seed, labels=y_all if cfg.stratify else None)
     counts = {s: int(len(v)) for s, v in split.items()}
     log("split by " + (data.group_column or "image") + ": " + ", ".join(
         f"{s} {len(v)} images / {len(set(data.groups[v]))} groups" for s, v in split.items()))
@@ -334,10 +383,12 @@ def train(cfg: TrainConfig) -> dict:
     if not 0 <= cfg.train_blocks <= n_blocks:
         raise ValueError(f"--train-blocks must be in [0, {n_blocks}] for {cfg.arch}, got {cfg.train_blocks}")
     cut = n_blocks - cfg.train_blocks
+    model.to(cfg.device)
     front = FrozenFront(model, cut).eval()
     with torch.inference_mode():
         s = preprocess.input_size
-        shape = tuple(front(torch.zeros(1, 3, s, s).contiguous(memory_format=torch.channels_last)).shape[1:])
+        x0 = torch.zeros(1, 3, s, s, device=cfg.device).contiguous(memory_format=torch.channels_last)
+        shape = tuple(front(x0).shape[1:])
 
     if cfg.tta == "auto":
         candidates = TTA_CANDIDATES
@@ -359,7 +410,7 @@ def train(cfg: TrainConfig) -> dict:
         key = _cache_key(cfg, preprocess, cut, "train", ids["train"])
         feats["train"] = _cached(cfg, key, lambda: _cache(
             front, loader(_Views(data.paths[tr], preprocess, cfg.aug_views, cfg.max_rotation, cfg.seed)),
-            len(tr) * cfg.aug_views, shape, bar, f"caching train views x{cfg.aug_views}",
+            len(tr) * cfg.aug_views, shape, bar, f"caching train views x{cfg.aug_views}", device=cfg.device,
         ).reshape(len(tr), cfg.aug_views, *shape))
         # validation drives early stopping, unrotated; the reported posteriors of every
         # evaluation split come from the finished model below, not from this cache
@@ -367,7 +418,7 @@ def train(cfg: TrainConfig) -> dict:
         key = _cache_key(cfg, preprocess, cut, "validation(0.0,)", ids["validation"])
         feats["validation"] = _cached(cfg, key, lambda: _cache(
             front, loader(_Plain(data.paths[va], preprocess)), len(va), shape, bar,
-            "caching validation", angles=(0.0,)))
+            "caching validation", angles=(0.0,), device=cfg.device))
     t_cache = time.perf_counter() - t_cache
     log(f"feature cache ready in {t_cache:.0f}s (maps {shape}, block {cut})")
 
@@ -384,7 +435,7 @@ def train(cfg: TrainConfig) -> dict:
     t_fit = time.perf_counter()
     with _progress(cfg.progress) as bar:
         history, best_epoch = _fit_tail(cfg, tail, feats["train"], ys["train"], feats["validation"],
-                                        ys["validation"], taxonomy.n_leaves, bar)
+                                        ys["validation"], taxonomy.n_leaves, bar, groups=data.groups[split["train"]])
     t_fit = time.perf_counter() - t_fit
     model.eval()
     fp16_check = None
@@ -468,7 +519,7 @@ def train(cfg: TrainConfig) -> dict:
         "versions": library_versions(),
     }
     save_bundle(
-        cfg.out, model=model, arch=cfg.arch, taxonomy=taxonomy, preprocess=preprocess, tta_angles=angles,
+        cfg.out, model=model.cpu(), arch=cfg.arch, taxonomy=taxonomy, preprocess=preprocess, tta_angles=angles,
         temperature=temperature, calibration_probs=cal_probs, calibration_labels=ys["calibration"],
         test_probs=test_probs, test_labels=ys["test"], split={k: v.tolist() for k, v in ids.items()},
         metrics=metrics, provenance=provenance, half=cfg.half,

@@ -108,3 +108,34 @@ def test_bad_arguments_exit_2(dataset, tmp_path, capsys):
     rc = main(["--data", str(tmp_path / "nowhere"), "--taxonomy", str(dataset / "tax.yaml"), "--out", str(tmp_path / "x"), "--quiet"])
     assert rc == 2
     assert "data path not found" in capsys.readouterr().err
+
+
+def test_sample_weights_by_hand():
+    from models.training import sample_weights
+
+    y = np.array([0, 0, 0, 0, 1])
+    # class_power 0.5: class 0 (4 samples) 1/2 each, class 1 (1 sample) 1; mean 0.6
+    np.testing.assert_allclose(sample_weights(y, 2, 0.5), np.array([0.5, 0.5, 0.5, 0.5, 1.0]) / 0.6)
+    # class_power 1: both classes weigh the same in total
+    w = sample_weights(y, 2, 1.0)
+    assert w[:4].sum() == pytest.approx(w[4])
+    # a group of 4 photos against a group of 1, group_power 1: each group weighs the same in total
+    groups = np.array(["big"] * 4 + ["small"])
+    np.testing.assert_allclose(sample_weights(y, 2, 0.0, groups, 1.0), np.array([0.25, 0.25, 0.25, 0.25, 1.0]) / 0.4)
+    # group_power 0 ignores the groups
+    np.testing.assert_allclose(sample_weights(y, 2, 0.0, groups, 0.0), np.ones(5))
+    assert sample_weights(y, 2, 0.5, groups, 0.5).mean() == pytest.approx(1.0)
+
+
+def test_split_options_reach_the_config():
+    from hedged.cli.train import build_parser
+
+    args = build_parser().parse_args(["--out", "x"])
+    assert args.stratify is True and args.contributor_power == 0.0 and args.device == "cpu"
+    args = build_parser().parse_args(["--out", "x", "--no-stratify", "--contributor-power", "0.5", "--device", "cuda"])
+    assert args.stratify is False and args.contributor_power == 0.5 and args.device == "cuda"
+
+
+def test_training_config_recorded(trained):
+    cfg = load_bundle(trained).provenance["config"]
+    assert cfg["stratify"] is True and cfg["contributor_power"] == 0.0 and cfg["device"] == "cpu"

@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-seed", type=int, default=d.split_seed, help="seed of the group split (default: %(default)s)")
     p.add_argument("--split", type=_fractions, default=d.fractions, dest="fractions",
                    help="train,validation,calibration,test image shares (default: 0.6,0.1,0.15,0.15)")
+    p.add_argument("--no-stratify", dest="stratify", action="store_false",
+                   help="split by group only, ignoring class shares (default: keep each class in proportion in every split)")
+    p.add_argument("--contributor-power", type=float, default=d.contributor_power,
+                   help="training sample weight ~ (photos of its group)^-power; 0 = off (default: %(default)s)")
     p.add_argument("--group-column", default=None, help="CSV column whose groups never straddle splits (default: sender_id or group if present)")
     p.add_argument("--image-column", default=d.image_column)
     p.add_argument("--label-column", default=d.label_column)
@@ -84,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dropout", type=float, default=d.dropout, help="dropout before the classifier (default: the arch's)")
     p.add_argument("--patience", type=positive_int, default=d.patience, help="early-stopping patience in epochs (default: %(default)s)")
     p.add_argument("--threads", type=positive_int, default=d.threads, help="torch threads (default: %(default)s)")
+    p.add_argument("--device", default=d.device, help="torch device for caching, training and scoring, e.g. cuda (default: %(default)s)")
     p.add_argument("--workers", type=int, default=d.workers, help="image-decoding worker processes (default: %(default)s)")
     p.add_argument("--fp32", action="store_true", help="store fp32 weights (default: fp16, checked to keep accuracy)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
