@@ -72,26 +72,35 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "clothing",
                    help="clothing folder with images.csv and images/ (default: %(default)s)")
-    p.add_argument("--arch", default="efficientnet_lite0")
+    p.add_argument("--model", default=None,
+                   help="bundle directory whose model, preprocessing and TTA angles are measured (default: the bundled model)")
+    p.add_argument("--arch", default=None, help="measure this architecture's ImageNet model and default preprocessing instead")
     p.add_argument("--n-images", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=8, help="images per forward (default: %(default)s)")
-    p.add_argument("--angles", default="0,-15,15", help="TTA angles in degrees (default: %(default)s)")
+    p.add_argument("--angles", default=None, help="TTA angles in degrees (default: the bundle's, or 0,-15,15 with --arch)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--no-fuse-bn", dest="fuse_bn", action="store_false",
                    help="run the pipeline on the checkpoint model instead of the BN-folded copy")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     args = p.parse_args(argv)
-    angles = tuple(float(a) for a in args.angles.split(","))
     if args.threads:
         torch.set_num_threads(args.threads)
 
     paths = pick_images(args.data, args.n_images)
-    model = create_model(args.arch)  # eval mode, channels_last parameters
+    if args.arch:
+        model = create_model(args.arch)  # eval mode, channels_last parameters
+        pre, default_angles, model_name = get_spec(args.arch).preprocess(), (0.0, -15.0, 15.0), args.arch
+    else:
+        from models.bundle import load_bundle
+
+        b = load_bundle(args.model)  # what predict.py runs: the bundle's model, preprocessing and TTA
+        model = b.model.eval().to(memory_format=torch.channels_last)
+        pre, default_angles, model_name = b.preprocess, b.tta_angles, f"bundle {b.arch}"
+    angles = tuple(float(a) for a in args.angles.split(",")) if args.angles else tuple(default_angles)
     fast = copy.deepcopy(model)
     if args.fuse_bn and hasattr(fast, "fuse_batchnorm"):
         fast.fuse_batchnorm()
-    pre = get_spec(args.arch).preprocess()
     bs, n = args.batch_size, len(paths)
     batches = [pre.batch(paths[i : i + bs]) for i in range(0, n, bs)]
 
@@ -125,7 +134,7 @@ def main(argv=None) -> int:
         row["vs_forward"] = row["views_per_s"] / bare if row["views_per_image"] else None
 
     meta = {
-        "arch": args.arch, "input_size": pre.input_size, "n_images": n, "batch_size": bs, "angles": list(angles),
+        "model": model_name, "input_size": pre.input_size, "interpolation": pre.interpolation, "n_images": n, "batch_size": bs, "angles": list(angles),
         "repeats": args.repeats, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(), "cpu": cpu_model(), "memory_format": "channels_last", "pipeline_bn_folded": args.fuse_bn,
         "command": " ".join([Path(sys.argv[0]).as_posix()] + (argv if argv is not None else sys.argv[1:])),
@@ -133,7 +142,7 @@ def main(argv=None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{args.arch} inference, {n} clothing JPEGs, batch {bs}, "
+    table = Table(title=f"{model_name} @ {pre.input_size} px inference, {n} clothing JPEGs, batch {bs}, "
                         f"{meta['torch_threads']} threads ({meta['cpu']})")
     for col in ("stage", "seconds", "images/s", "views/s", "vs forward"):
         table.add_column(col, justify="left" if col == "stage" else "right")
