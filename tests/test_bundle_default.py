@@ -9,9 +9,9 @@ from models.bundle import DEFAULT_BUNDLE, load_bundle
 from taxonomy import Taxonomy
 
 REPO = Path(__file__).resolve().parents[1]
-EXAMPLES = {"polo": "7dd9bded-33f2-4928-b8f1-7efe0fd3bce3", "dress": "b59e4d4a-a283-4868-8a81-2f24d8b9c8d8",
-            "shoes": "d748ed88-9bf7-402e-98a9-7a4c65582e48", "hat": "a8f612a6-a966-451b-9dd3-364a4b200dc1",
-            "jacket": "b2ee19d6-93f1-4688-9545-d265887f226f"}
+EXAMPLES = {"polo": "d2613a5e-e956-43ef-b09f-1860b4d41801", "dress": "b59e4d4a-a283-4868-8a81-2f24d8b9c8d8",
+            "shoes": "fb9e862c-8c64-4f23-b1e9-e734ec797436", "hat": "bb784ba1-b4d8-4a0b-a72a-a20d2c8bbef6",
+            "jacket": "43ac2647-95bc-4174-b9c1-0518a5024ed2"}
 
 
 @pytest.fixture(scope="module")

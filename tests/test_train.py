@@ -131,11 +131,11 @@ def test_split_options_reach_the_config():
     from hedged.cli.train import build_parser
 
     args = build_parser().parse_args(["--out", "x"])
-    assert args.stratify is True and args.contributor_power == 0.0 and args.device == "cpu"
-    args = build_parser().parse_args(["--out", "x", "--no-stratify", "--contributor-power", "0.5", "--device", "cuda"])
-    assert args.stratify is False and args.contributor_power == 0.5 and args.device == "cuda"
+    assert args.stratify is True and args.contributor_power == 0.5 and args.device == "cpu"
+    args = build_parser().parse_args(["--out", "x", "--no-stratify", "--contributor-power", "0", "--device", "cuda"])
+    assert args.stratify is False and args.contributor_power == 0.0 and args.device == "cuda"
 
 
 def test_training_config_recorded(trained):
     cfg = load_bundle(trained).provenance["config"]
-    assert cfg["stratify"] is True and cfg["contributor_power"] == 0.0 and cfg["device"] == "cpu"
+    assert cfg["stratify"] is True and cfg["contributor_power"] == 0.5 and cfg["device"] == "cpu"
