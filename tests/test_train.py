@@ -132,8 +132,22 @@ def test_split_options_reach_the_config():
 
     args = build_parser().parse_args(["--out", "x"])
     assert args.stratify is True and args.contributor_power == 0.5 and args.device == "cpu"
-    args = build_parser().parse_args(["--out", "x", "--no-stratify", "--contributor-power", "0", "--device", "cuda"])
-    assert args.stratify is False and args.contributor_power == 0.0 and args.device == "cuda"
+    args = build_parser().parse_args(["--out", "x", "--no-stratify", "--contributor-power", "0", "--device", "cpu"])
+    assert args.stratify is False and args.contributor_power == 0.0 and args.device == "cpu"
+
+
+def test_bad_device_is_a_usage_error(capsys):
+    import torch
+
+    from hedged.cli.train import build_parser
+
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["--out", "x", "--device", "nope"])
+    assert e.value.code == 2 and "not a torch device: 'nope'" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit) as e:
+            build_parser().parse_args(["--out", "x", "--device", "cuda"])
+        assert e.value.code == 2 and "no CUDA device" in capsys.readouterr().err
 
 
 def test_training_config_recorded(trained):

@@ -17,12 +17,14 @@ to the CSV, also looked up under images/ and with .jpg) or an ImageFolder tree
 (one subfolder per label). Labels map to taxonomy leaves through the YAML's
 aliases; rows whose label is no leaf (e.g. "Not sure") are dropped and counted.
 Whole groups (--group-column, default sender_id/group when present) go to one
-of train / validation / calibration / test.
+of train / validation / calibration / test, keeping each class's share in every
+split as far as whole groups allow (--no-stratify: image shares only).
 
 Method (practical on 2 CPU cores): the frozen front of the network runs once
 per augmented view and its feature maps are cached; only the last
 --train-blocks blocks and the head are trained, with early stopping on
-validation NLL. The TTA angle set and the temperature are then chosen on
+validation NLL; the loss weighs classes by count^-0.5 and photos by the size of
+their group^-0.5 (--class-weight-power, --contributor-power). The TTA angle set and the temperature are then chosen on
 validation; calibration posteriors come from the calibration split only.
 """
 
@@ -37,6 +39,18 @@ def _angles(text: str):
     if not angles:
         raise argparse.ArgumentTypeError("needs at least one angle")
     return angles
+
+
+def _device(text: str) -> str:
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"not a torch device: {text!r} (try cpu or cuda)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: no CUDA device is available on this machine")
+    return text
 
 
 def _fractions(text: str):
@@ -88,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dropout", type=float, default=d.dropout, help="dropout before the classifier (default: the arch's)")
     p.add_argument("--patience", type=positive_int, default=d.patience, help="early-stopping patience in epochs (default: %(default)s)")
     p.add_argument("--threads", type=positive_int, default=d.threads, help="torch threads (default: %(default)s)")
-    p.add_argument("--device", default=d.device, help="torch device for caching, training and scoring, e.g. cuda (default: %(default)s)")
+    p.add_argument("--device", type=_device, default=d.device, help="torch device for caching, training and scoring, e.g. cuda (default: %(default)s)")
     p.add_argument("--workers", type=int, default=d.workers, help="image-decoding worker processes (default: %(default)s)")
     p.add_argument("--fp32", action="store_true", help="store fp32 weights (default: fp16, checked to keep accuracy)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
