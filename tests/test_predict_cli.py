@@ -195,3 +195,16 @@ def test_uncertifiable_target_is_one_warning_line(capsys, bundle, folder):
     assert [r["node"] for r in json_lines(out)] == ["things", "things"]  # 300 samples cannot certify 0.999
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("warning:") and "0.999" in lines[0]
+
+
+def test_closed_output_pipe_stops_quietly(bundle, folder):
+    """`predict.py --json ... | head` must not end in a BrokenPipeError traceback."""
+    proc = subprocess.Popen(
+        [sys.executable, "predict.py", str(folder / "img0.jpg"), str(folder / "img1.png"), "--model", bundle, "--json"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    proc.stdout.close()  # the reader goes away before the first answer is written
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=300)
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+    assert proc.returncode == 1
