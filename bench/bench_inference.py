@@ -134,7 +134,8 @@ def main(argv=None) -> int:
         row["vs_forward"] = row["views_per_s"] / bare if row["views_per_image"] else None
 
     meta = {
-        "model": model_name, "input_size": pre.input_size, "interpolation": pre.interpolation, "n_images": n, "batch_size": bs, "angles": list(angles),
+        "model": model_name, "input_size": pre.input_size, "interpolation": pre.interpolation, "n_images": n,
+        "batch_size": bs, "angles": list(angles),
         "repeats": args.repeats, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(), "cpu": cpu_model(), "memory_format": "channels_last", "pipeline_bn_folded": args.fuse_bn,
         "command": " ".join([Path(sys.argv[0]).as_posix()] + (argv if argv is not None else sys.argv[1:])),

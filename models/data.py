@@ -243,7 +243,7 @@ def split_by_group(groups, fractions=DEFAULT_FRACTIONS, seed: int = 0, labels=No
         # the image-share deficit breaks ties (and decides alone without labels)
         before = ((filled[options] - target[options]) ** 2 * weight).sum(1)
         after = ((filled[options] + counts[g] - target[options]) ** 2 * weight).sum(1)
-        deficit = (filled[options].sum(1) - target[options].sum(1)) / len(groups)
+        deficit = filled[options].sum(1) - target[options].sum(1)
         s = int(options[np.lexsort((deficit, np.round(after - before, 9)))[0]])
         assign[g] = s
         filled[s] += counts[g]

@@ -176,9 +176,10 @@ class Tail(nn.Module):
 
 
 @torch.inference_mode()
-def _cache(front, loader, n_items, shape, bar, description, angles=None, device="cpu"):
+def _cache(front, loader, n_items, shape, bar, description, angles=None):
     """Run the frozen front over a loader; angles=None: one map per item, else (N, k, ...)."""
     k = 1 if angles is None else len(angles)
+    device = next(front.parameters()).device
     out = np.empty((n_items, k, *shape), dtype=np.float16)
     task = bar.add_task(description, total=n_items)
     pos = 0
@@ -271,21 +272,21 @@ def sample_weights(y, n_classes: int, class_power: float = 0.5, groups=None, gro
 
 def _fit_tail(cfg, tail, train_feats, y_train, val_feats, y_val, n_leaves, bar, groups=None):
     rng = np.random.default_rng(cfg.seed)
-    device = torch.device(cfg.device)
+    device = next(tail.parameters()).device
     sample_w = torch.tensor(sample_weights(y_train, n_leaves, cfg.class_weight_power, groups, cfg.contributor_power),
-                            dtype=torch.float32)
+                            dtype=torch.float32, device=device)
     crit = nn.CrossEntropyLoss(reduction="none", label_smoothing=cfg.label_smoothing)
 
     def loss_of(out, target, idx):
-        sw = sample_w[idx].to(device)
+        sw = sample_w[idx]
         return (crit(out, target) * sw).sum() / sw.sum()
 
     head = set(map(id, tail.model._fc.parameters()))
-    groups = [
+    param_groups = [
         {"params": [p for p in tail.parameters() if p.requires_grad and id(p) not in head], "lr": cfg.lr * cfg.block_lr_scale},
         {"params": list(tail.model._fc.parameters()), "lr": cfg.lr},
     ]
-    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(param_groups, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(y_train) / cfg.batch_size)
     total = max(1, cfg.epochs * steps_per_epoch)
     warm = min(steps_per_epoch, total // 10 + 1)
@@ -307,7 +308,7 @@ def _fit_tail(cfg, tail, train_feats, y_train, val_feats, y_val, n_leaves, bar, 
                 continue
             x = torch.from_numpy(train_feats[idx, views[idx]]).to(device).float()
             x = x.contiguous(memory_format=torch.channels_last)
-            ti = torch.from_numpy(idx)
+            ti = torch.from_numpy(idx).to(device)
             if cfg.mixup > 0:
                 lam = float(rng.beta(cfg.mixup, cfg.mixup))
                 perm = torch.from_numpy(rng.permutation(len(idx)))
@@ -412,7 +413,7 @@ def train(cfg: TrainConfig) -> dict:
         key = _cache_key(cfg, preprocess, cut, "train", ids["train"])
         feats["train"] = _cached(cfg, key, lambda: _cache(
             front, loader(_Views(data.paths[tr], preprocess, cfg.aug_views, cfg.max_rotation, cfg.seed)),
-            len(tr) * cfg.aug_views, shape, bar, f"caching train views x{cfg.aug_views}", device=cfg.device,
+            len(tr) * cfg.aug_views, shape, bar, f"caching train views x{cfg.aug_views}",
         ).reshape(len(tr), cfg.aug_views, *shape))
         # validation drives early stopping, unrotated; the reported posteriors of every
         # evaluation split come from the finished model below, not from this cache
@@ -420,7 +421,7 @@ def train(cfg: TrainConfig) -> dict:
         key = _cache_key(cfg, preprocess, cut, "validation(0.0,)", ids["validation"])
         feats["validation"] = _cached(cfg, key, lambda: _cache(
             front, loader(_Plain(data.paths[va], preprocess)), len(va), shape, bar,
-            "caching validation", angles=(0.0,), device=cfg.device))
+            "caching validation", angles=(0.0,)))
     t_cache = time.perf_counter() - t_cache
     log(f"feature cache ready in {t_cache:.0f}s (maps {shape}, block {cut})")
 

@@ -24,8 +24,9 @@ Method (practical on 2 CPU cores): the frozen front of the network runs once
 per augmented view and its feature maps are cached; only the last
 --train-blocks blocks and the head are trained, with early stopping on
 validation NLL; the loss weighs classes by count^-0.5 and photos by the size of
-their group^-0.5 (--class-weight-power, --contributor-power). The TTA angle set and the temperature are then chosen on
-validation; calibration posteriors come from the calibration split only.
+their group^-0.5 (--class-weight-power, --contributor-power). The TTA angle set
+and the temperature are then chosen on validation; calibration posteriors come
+from the calibration split only.
 """
 
 
