@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Which backbone and input size to fine-tune: a frozen-feature linear probe.
 
-For each ``arch@size`` it computes the ImageNet backbone's pooled features of every
+For each ``arch@size`` (or ``a@s+b@t``: the two feature vectors side by side, a
+probe of a two-backbone ensemble) it computes the ImageNet backbone's pooled features of every
 labelled photo (centre square crop, bicubic, as the model's :class:`models.Preprocess`
 does), then fits a standardised multinomial logistic regression and reports
 
@@ -61,6 +62,18 @@ def features(arch: str, size: int, paths, progress) -> np.ndarray:
     return np.concatenate(out)
 
 
+def _cached_features(cfg: str, paths, cache_dir, progress) -> np.ndarray:
+    arch, size = cfg.split("@")
+    cache = Path(cache_dir) / f"{arch}_{size}.npy" if cache_dir else None
+    if cache is not None and cache.is_file():
+        return np.load(cache)
+    F = features(arch, int(size), paths, progress)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.save(cache, F)
+    return F
+
+
 def probe(F, y, train, val, groups, c: float) -> dict:
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GroupKFold
@@ -99,16 +112,8 @@ def main(argv=None) -> int:
     results = []
     with Progress() as progress:
         for cfg in args.configs:
-            arch, size = cfg.split("@")
-            cache = Path(args.cache) / f"{arch}_{size}.npy" if args.cache else None
             t0 = time.perf_counter()
-            if cache is not None and cache.is_file():
-                F = np.load(cache)
-            else:
-                F = features(arch, int(size), data.paths, progress)
-                if cache is not None:
-                    cache.parent.mkdir(parents=True, exist_ok=True)
-                    np.save(cache, F)
+            F = np.hstack([_cached_features(part, data.paths, args.cache, progress) for part in cfg.split("+")])
             r = {"config": cfg, "feature_seconds": round(time.perf_counter() - t0, 1),
                  **probe(F, y, split["train"], split["validation"], data.groups, args.C)}
             progress.console.print(f"{cfg:24s} val {r['val']:.3f}   group 5-fold (train+val) {r['gkf_mean']:.3f}")
