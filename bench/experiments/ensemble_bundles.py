@@ -18,14 +18,13 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from hedging import Darts  # noqa: E402
 from hedging.metrics import hierarchical_accuracy, information_gain  # noqa: E402
 from models.bundle import load_bundle  # noqa: E402
+from models.calibration import accuracy, nll  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -48,8 +47,8 @@ def main(argv=None) -> int:
     ):
         pred = Darts(tax).fit(cal, cal_y).predict(test, accuracy=args.accuracy)
         rows[name] = {
-            "top1": float(np.mean(test.argmax(1) == y)),
-            "nll": float(-np.mean(np.log(np.clip(test[np.arange(len(y)), y], 1e-12, None)))),
+            "top1": accuracy(test, y),
+            "nll": nll(test, y),
             f"darts_{args.accuracy:g}_accuracy": float(hierarchical_accuracy(tax, pred, y)),
             f"darts_{args.accuracy:g}_info_gain": float(information_gain(tax, pred, y, normalize=True).mean()),
         }

@@ -52,6 +52,7 @@ def main(argv=None) -> int:
     hedged = Darts(tax).fit(b.calibration_probs, b.calibration_labels).predict(probs, accuracy=args.accuracy)
     ok = tax.is_correct(hedged, y)
     errors = np.flatnonzero(top != y)
+    leaf = tax.leaves
     pick = np.sort(np.random.default_rng(args.seed).choice(errors, min(args.n, len(errors)), replace=False))
 
     w, text_h = args.tile, 40
@@ -68,13 +69,12 @@ def main(argv=None) -> int:
                 sheet.paste(im, (x + (w - im.width) // 2, yy))
         except OSError as err:
             draw.text((x + 4, yy + 4), f"unreadable: {err}"[:40], fill="black")
-        leaf = tax.leaves
         draw.text((x + 2, yy + w), f"{k} label: {tax.display_name(leaf[y[i]])}", fill="darkgreen")
         draw.text((x + 2, yy + w + 12), f"top-1: {tax.display_name(leaf[top[i]])} {probs[i, top[i]]:.2f}", fill="red")
         draw.text((x + 2, yy + w + 24), f"@{args.accuracy:g}: {tax.display_name(hedged[i])}{' ok' if ok[i] else ''}",
                   fill="blue")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(args.out, quality=75) if args.out.lower().endswith((".jpg", ".jpeg")) else sheet.save(args.out, optimize=True)
+    sheet.save(args.out, quality=75, optimize=True)  # quality applies to JPEG; PNG ignores it
     print(f"{len(errors)} test errors of {len(y)}; drew {len(pick)} (seed {args.seed}); "
           f"DARTS @ {args.accuracy:g} is correct on {int(ok[errors].sum())} of the {len(errors)} -> {args.out}")
     return 0
