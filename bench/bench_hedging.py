@@ -32,8 +32,8 @@ from rich.table import Table
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hedging import Darts  # noqa: E402
-from taxonomy import Taxonomy  # noqa: E402
+from hedged.hedging import Darts  # noqa: E402
+from hedged.taxonomy import Taxonomy  # noqa: E402
 
 console = Console(width=150)
 

@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from _machine import cpu_model  # noqa: E402  (bench/ is sys.path[0] for a script)
-from models import create_model, get_spec, predict_probs  # noqa: E402
+from hedged.models import create_model, get_spec, predict_probs  # noqa: E402
 
 
 def pick_images(data: Path, n: int) -> list[Path]:
@@ -92,7 +92,7 @@ def main(argv=None) -> int:
         model = create_model(args.arch)  # eval mode, channels_last parameters
         pre, default_angles, model_name = get_spec(args.arch).preprocess(), (0.0, -15.0, 15.0), args.arch
     else:
-        from models.bundle import load_bundle
+        from hedged.models.bundle import load_bundle
 
         b = load_bundle(args.model)  # what predict.py runs: the bundle's model, preprocessing and TTA
         model = b.model.eval().to(memory_format=torch.channels_last)

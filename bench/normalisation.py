@@ -27,8 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models import Preprocess, create_model, get_spec, load_image  # noqa: E402
-from models.preprocess import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD  # noqa: E402
+from hedged.models import Preprocess, create_model, get_spec, load_image  # noqa: E402
+from hedged.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD  # noqa: E402
 
 # Clothing label -> ImageNet-1k class indices (line numbers of imagenet1k_synsets.txt,
 # 0-based). Labels without a clear ImageNet counterpart (Shirt, Top, Body, ...) are left out.

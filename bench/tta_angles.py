@@ -23,11 +23,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from models.bundle import load_bundle  # noqa: E402
-from models.calibration import accuracy, expected_calibration_error, fit_temperature, nll  # noqa: E402
-from models.data import load_dataset  # noqa: E402
-from models.inference import predict_logits  # noqa: E402
-from models.tta import average_view_probs  # noqa: E402
+from hedged.models.bundle import load_bundle  # noqa: E402
+from hedged.models.calibration import accuracy, expected_calibration_error, fit_temperature, nll  # noqa: E402
+from hedged.models.data import load_dataset  # noqa: E402
+from hedged.models.inference import predict_logits  # noqa: E402
+from hedged.models.tta import average_view_probs  # noqa: E402
 
 CANDIDATES = ((0.0,), (0.0, -10.0, 10.0), (0.0, -15.0, 15.0), (0.0, -30.0, 30.0), (0.0, -15.0, 15.0, -30.0, 30.0),
               (0.0, 90.0, -90.0, 180.0))

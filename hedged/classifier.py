@@ -16,8 +16,8 @@ from numbers import Real
 import numpy as np
 
 from hedged.results import Node, Prediction
-from hedging import Darts, check_accuracy
-from taxonomy import Taxonomy
+from hedged.hedging import Darts, check_accuracy
+from hedged.taxonomy import Taxonomy
 
 GUARANTEES = ("pac", "expected")
 ERRORS = ("raise", "collect")
@@ -152,8 +152,8 @@ class HedgedClassifier:
         posteriors are used as they are; ``kwargs`` go to the constructor
         (``guarantee``, ``delta``, ``batch_size``).
         """
-        from models import load_bundle
-        from models.bundle import DEFAULT_BUNDLE
+        from hedged.models import load_bundle
+        from hedged.models.bundle import DEFAULT_BUNDLE
 
         bundle = load_bundle(DEFAULT_BUNDLE if path is None else path)
         model = bundle.model
@@ -326,7 +326,7 @@ class HedgedClassifier:
             raise ValueError(f"errors must be one of {', '.join(ERRORS)}, got {errors!r}")
         if self.model is None or self.preprocess is None:
             raise UncalibratedError("this HedgedClassifier has no image model: use from_bundle() or predict_from_probs()")
-        from models import ImageLoadError, predict_probs
+        from hedged.models import ImageLoadError, predict_probs
 
         items = [inputs] if _is_single_input(inputs) else list(inputs)
         batch_size = self.batch_size if batch_size is None else int(batch_size)

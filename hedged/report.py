@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hedging import Climbing, Darts, FlatClassifier, LeafGT
-from hedging import metrics as hm
-from taxonomy import Taxonomy
+from hedged.hedging import Climbing, Darts, FlatClassifier, LeafGT
+from hedged.hedging import metrics as hm
+from hedged.taxonomy import Taxonomy
 
 RULES = {"darts": Darts, "climbing": Climbing, "leaf_gt": LeafGT, "flat": FlatClassifier}
 RULE_LABELS = {"darts": "DARTS", "climbing": "Climbing", "leaf_gt": "LEAF-GT", "flat": "Flat (leaf argmax)"}

@@ -11,9 +11,9 @@ then ``rule.predict(probs, accuracy=0.95)`` for any target, without refitting.
 Hierarchical metrics live in :mod:`hedging.metrics`.
 """
 
-from hedging._base import NotFittedError, check_accuracy
-from hedging.darts import Darts
-from hedging.flat import FlatClassifier
-from hedging.thresholds import Climbing, LeafGT
+from hedged.hedging._base import NotFittedError, check_accuracy
+from hedged.hedging.darts import Darts
+from hedged.hedging.flat import FlatClassifier
+from hedged.hedging.thresholds import Climbing, LeafGT
 
 __all__ = ["Darts", "Climbing", "LeafGT", "FlatClassifier", "NotFittedError", "check_accuracy"]

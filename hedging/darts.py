@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from hedging._base import HedgingRule, check_accuracy
+from hedged.hedging._base import HedgingRule, check_accuracy
 
 # Scores within this relative gap are ties. It absorbs the rounding of a
 # breakpoint lambda computed by the calibration, so that decide() at exactly a
@@ -65,7 +65,7 @@ class Darts(HedgingRule):
 
     Examples
     --------
-    >>> from taxonomy import Taxonomy
+    >>> from hedged.taxonomy import Taxonomy
     >>> t = Taxonomy.from_edges([("animal", "cat"), ("animal", "dog")])
     >>> rule = Darts(t, guarantee="expected").fit([[0.9, 0.1], [0.4, 0.6]], ["cat", "cat"])
     >>> rule.predict([[0.9, 0.1], [0.4, 0.6]], accuracy=1.0).tolist()

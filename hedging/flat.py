@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hedging._base import HedgingRule, check_accuracy
+from hedged.hedging._base import HedgingRule, check_accuracy
 
 
 class FlatClassifier(HedgingRule):

@@ -12,7 +12,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy import stats
 
-from hedging._base import check_accuracy, check_probs
+from hedged.hedging._base import check_accuracy, check_probs
 
 
 def _indices(taxonomy, predictions, labels=None):

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from hedging._base import HedgingRule
+from hedged.hedging._base import HedgingRule
 
 _GUARANTEE_DOC = """
     Parameters

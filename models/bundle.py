@@ -29,12 +29,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from taxonomy import Taxonomy, TaxonomyError
+from hedged.taxonomy import Taxonomy, TaxonomyError
 
-from models.data import sha256_file
-from models.preprocess import Preprocess
-from models.registry import ARCHS, create_model
-from models.tta import check_angles
+from hedged.models.data import sha256_file
+from hedged.models.preprocess import Preprocess
+from hedged.models.registry import ARCHS, create_model
+from hedged.models.tta import check_angles
 
 FORMAT = "hedged-bundle/1"
 MANIFEST = "bundle.json"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from models.tta import average_view_probs
+from hedged.models.tta import average_view_probs
 
 T_BOUNDS = (0.05, 20.0)
 

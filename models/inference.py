@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.preprocess import Preprocess
-from models.tta import average_view_probs, check_angles, rotate_views, split_views
+from hedged.models.preprocess import Preprocess
+from hedged.models.tta import average_view_probs, check_angles, rotate_views, split_views
 
 
 @torch.inference_mode()

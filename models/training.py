@@ -34,12 +34,12 @@ from torch import nn
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from models.calibration import accuracy, expected_calibration_error, fit_temperature, nll
-from models.data import DEFAULT_FRACTIONS, SPLITS, check_fractions, load_dataset, split_by_group
-from models.inference import predict_logits
-from models.preprocess import Preprocess
-from models.registry import create_model, get_spec
-from models.tta import average_view_probs, rotate, rotate_views
+from hedged.models.calibration import accuracy, expected_calibration_error, fit_temperature, nll
+from hedged.models.data import DEFAULT_FRACTIONS, SPLITS, check_fractions, load_dataset, split_by_group
+from hedged.models.inference import predict_logits
+from hedged.models.preprocess import Preprocess
+from hedged.models.registry import create_model, get_spec
+from hedged.models.tta import average_view_probs, rotate, rotate_views
 
 #: TTA candidate sets compared on validation when ``tta="auto"``.
 TTA_CANDIDATES = ((0.0,), (0.0, -15.0, 15.0))
@@ -348,8 +348,8 @@ def train(cfg: TrainConfig) -> dict:
 
     See :class:`TrainConfig` for the options and the module docstring for the method.
     """
-    from models.bundle import library_versions, save_bundle
-    from taxonomy import Taxonomy
+    from hedged.models.bundle import library_versions, save_bundle
+    from hedged.taxonomy import Taxonomy
 
     t0 = time.perf_counter()
     torch.set_num_threads(cfg.threads)
@@ -534,8 +534,8 @@ def train(cfg: TrainConfig) -> dict:
 
 def _darts_report(taxonomy, cal_probs, cal_y, test_probs, test_y, log, target: float = 0.95):
     try:
-        from hedging import Darts
-        from hedging.metrics import hierarchical_accuracy, information_gain, leaf_share
+        from hedged.hedging import Darts
+        from hedged.hedging.metrics import hierarchical_accuracy, information_gain, leaf_share
     except ImportError:
         return None
     try:

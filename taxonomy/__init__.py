@@ -5,6 +5,6 @@ order (the classifier's posterior columns) and node order (node-posterior
 columns). See docs/architecture.md and docs/taxonomy-yaml.md.
 """
 
-from taxonomy._core import SELF_SUFFIX, VIRTUAL_ROOT, Taxonomy, TaxonomyError
+from hedged.taxonomy._core import SELF_SUFFIX, VIRTUAL_ROOT, Taxonomy, TaxonomyError
 
 __all__ = ["Taxonomy", "TaxonomyError", "VIRTUAL_ROOT", "SELF_SUFFIX"]

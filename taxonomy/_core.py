@@ -484,26 +484,26 @@ class Taxonomy:
     @classmethod
     def from_dict(cls, data: Mapping) -> Taxonomy:
         """Build from the mapping form of the YAML format (docs/taxonomy-yaml.md)."""
-        from taxonomy._yaml import taxonomy_from_dict
+        from hedged.taxonomy._yaml import taxonomy_from_dict
 
         return taxonomy_from_dict(cls, data)
 
     def to_dict(self, naming: str | None = None) -> dict:
         """The mapping form of the YAML format; ``naming`` default: dotted when the names allow it."""
-        from taxonomy._yaml import taxonomy_to_dict
+        from hedged.taxonomy._yaml import taxonomy_to_dict
 
         return taxonomy_to_dict(self, naming)
 
     @classmethod
     def from_yaml(cls, path) -> Taxonomy:
         """Read a taxonomy YAML file (docs/taxonomy-yaml.md)."""
-        from taxonomy._yaml import read_yaml
+        from hedged.taxonomy._yaml import read_yaml
 
         return cls.from_dict(read_yaml(path))
 
     def to_yaml(self, path=None, naming: str | None = None) -> str:
         """Write the YAML form to ``path`` (when given) and return it as text."""
-        from taxonomy._yaml import dump_yaml
+        from hedged.taxonomy._yaml import dump_yaml
 
         text = dump_yaml(self.to_dict(naming))
         if path is not None:
@@ -514,7 +514,7 @@ class Taxonomy:
     @classmethod
     def from_wordnet(cls, is_a_path, synsets_path, names: Mapping[str, str] | None = None) -> Taxonomy:
         """Build from WordNet is-a edges and a synset list (see :func:`taxonomy.wordnet.load_wordnet`)."""
-        from taxonomy._wordnet import load_wordnet
+        from hedged.taxonomy._wordnet import load_wordnet
 
         return load_wordnet(cls, is_a_path, synsets_path, names)
 

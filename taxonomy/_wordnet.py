@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from taxonomy._core import Taxonomy, TaxonomyError
+from hedged.taxonomy._core import Taxonomy, TaxonomyError
 
 
 def read_is_a(path) -> list[tuple[str, str]]:

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import yaml
 
-from taxonomy._core import SELF_SUFFIX, Taxonomy, TaxonomyError
+from hedged.taxonomy._core import SELF_SUFFIX, Taxonomy, TaxonomyError
 
 FORMAT = "hedged-taxonomy/1"
 TOP_KEYS = ("format", "name", "display_name", "naming", "children", "extra_parents", "leaves")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.bundle import (
+from hedged.models.bundle import (
     CALIBRATION,
     MANIFEST,
     TAXONOMY,
@@ -16,7 +16,7 @@ from models.bundle import (
     save_bundle,
     sha256_file,
 )
-from models.inference import predict_probs
+from hedged.models.inference import predict_probs
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +166,7 @@ def test_refuses_non_tensor_weights(copy):
 
 def test_save_refuses_head_mismatch(tiny, tmp_path):
     b = load_bundle(tiny)
-    from taxonomy import Taxonomy
+    from hedged.taxonomy import Taxonomy
 
     two = Taxonomy.from_edges([("r", "a"), ("r", "b")])
     with pytest.raises(BundleError, match="3 outputs but the taxonomy has 2 leaves"):

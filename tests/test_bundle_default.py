@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.bundle import DEFAULT_BUNDLE, load_bundle
-from taxonomy import Taxonomy
+from hedged.models.bundle import DEFAULT_BUNDLE, load_bundle
+from hedged.taxonomy import Taxonomy
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = {"polo": "d2613a5e-e956-43ef-b09f-1860b4d41801", "dress": "b59e4d4a-a283-4868-8a81-2f24d8b9c8d8",

@@ -3,8 +3,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.calibration import accuracy, expected_calibration_error, fit_temperature, nll
-from models.tta import average_view_probs
+from hedged.models.calibration import accuracy, expected_calibration_error, fit_temperature, nll
+from hedged.models.tta import average_view_probs
 
 
 def _sample(rng, logits, t):

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from models.data import SPLITS, DatasetError, load_dataset, split_by_group
+from hedged.models.data import SPLITS, DatasetError, load_dataset, split_by_group
 
 
 def _img(path, color=(200, 10, 10)):

@@ -12,8 +12,8 @@ import pytest
 
 from hedged.cli.evaluate import main, seeded_split
 from hedged.report import FIGURES, write_report
-from models.bundle import load_bundle
-from taxonomy import Taxonomy
+from hedged.models.bundle import load_bundle
+from hedged.taxonomy import Taxonomy
 from test_facade_helpers import CAR, cached_bundle, synthetic_split, write_images
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,8 +14,8 @@ from hypothesis.extra import numpy as hnp
 
 import hedged
 from hedged import HedgedClassifier, Node, Prediction, UncalibratedError
-from hedging import Darts
-from taxonomy import Taxonomy
+from hedged.hedging import Darts
+from hedged.taxonomy import Taxonomy
 from test_facade_helpers import cached_bundle, synthetic_split, write_images
 
 TAX = Taxonomy.from_edges(

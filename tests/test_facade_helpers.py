@@ -24,7 +24,7 @@ def make_biased_bundle(path, leaves=(CAR,), tta_angles=(0.0,)) -> Path:
     """
     import torch
 
-    from models.bundle import load_bundle, make_tiny_bundle, save_bundle
+    from hedged.models.bundle import load_bundle, make_tiny_bundle, save_bundle
 
     make_tiny_bundle(path, tta_angles=tta_angles)
     b = load_bundle(path)

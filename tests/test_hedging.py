@@ -6,10 +6,10 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from hedging import Climbing, Darts, FlatClassifier, LeafGT, NotFittedError
-from hedging._base import samples_needed
+from hedged.hedging import Climbing, Darts, FlatClassifier, LeafGT, NotFittedError
+from hedged.hedging._base import samples_needed
 from test_hedging_helpers import calibrated_sample, random_taxonomy
-from taxonomy import Taxonomy
+from hedged.taxonomy import Taxonomy
 
 LOG3 = math.log2(3)
 

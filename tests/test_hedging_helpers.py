@@ -5,7 +5,7 @@ from __future__ import annotations
 import networkx as nx
 import numpy as np
 
-from taxonomy import Taxonomy
+from hedged.taxonomy import Taxonomy
 
 
 def random_taxonomy(rng: np.random.Generator, n_leaves: int, extra_edges: int = 0) -> Taxonomy:

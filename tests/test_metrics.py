@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from hedging import Climbing, Darts, FlatClassifier
-from hedging.metrics import (
+from hedged.hedging import Climbing, Darts, FlatClassifier
+from hedged.hedging.metrics import (
     accuracy_specificity_curve,
     clopper_pearson,
     depth_shares,
@@ -13,7 +13,7 @@ from hedging.metrics import (
     leaf_share,
 )
 from test_hedging_helpers import calibrated_sample
-from taxonomy import Taxonomy
+from hedged.taxonomy import Taxonomy
 
 
 @pytest.fixture

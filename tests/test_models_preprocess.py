@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from models import DEFAULT_MAX_PIXELS, ImageLoadError, Preprocess, load_image
-from models.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from hedged.models import DEFAULT_MAX_PIXELS, ImageLoadError, Preprocess, load_image
+from hedged.models.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 HALF = Preprocess(8, "squash", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from models import (
+from hedged.models import (
     ARCHS,
     ModelSpec,
     ModelWeightsError,
@@ -19,7 +19,7 @@ from models import (
     imagenet_classes,
     load_state_dict,
 )
-from models.registry import _bundled_weights_path
+from hedged.models.registry import _bundled_weights_path
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CLASSES = imagenet_classes()

@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 
 from hedged.report import FIGURES, TABLE_TARGETS, write_report
-from hedging import Climbing, Darts, FlatClassifier, LeafGT
-from hedging import metrics as hm
-from models.calibration import expected_calibration_error
-from taxonomy import Taxonomy, TaxonomyError
+from hedged.hedging import Climbing, Darts, FlatClassifier, LeafGT
+from hedged.hedging import metrics as hm
+from hedged.models.calibration import expected_calibration_error
+from hedged.taxonomy import Taxonomy, TaxonomyError
 from test_facade_helpers import synthetic_split
 
 TAX = Taxonomy.from_edges(

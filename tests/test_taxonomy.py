@@ -7,7 +7,7 @@ import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from taxonomy import VIRTUAL_ROOT, Taxonomy, TaxonomyError
+from hedged.taxonomy import VIRTUAL_ROOT, Taxonomy, TaxonomyError
 
 # r -> a -> {x, y}, r -> b -> {z}: a plain tree with 3 leaves
 TREE = [("r", "a"), ("r", "b"), ("a", "x"), ("a", "y"), ("b", "z")]

@@ -4,7 +4,7 @@ import networkx as nx
 import numpy as np
 import pytest
 
-from taxonomy import VIRTUAL_ROOT, Taxonomy, TaxonomyError
+from hedged.taxonomy import VIRTUAL_ROOT, Taxonomy, TaxonomyError
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from taxonomy import Taxonomy, TaxonomyError
+from hedged.taxonomy import Taxonomy, TaxonomyError
 
 CLOTHING = """
 format: hedged-taxonomy/1

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from hedged.cli.train import main
-from models.bundle import load_bundle
-from models.inference import predict_probs
+from hedged.models.bundle import load_bundle
+from hedged.models.inference import predict_probs
 
 TAXONOMY = """\
 format: hedged-taxonomy/1
@@ -111,7 +111,7 @@ def test_bad_arguments_exit_2(dataset, tmp_path, capsys):
 
 
 def test_sample_weights_by_hand():
-    from models.training import sample_weights
+    from hedged.models.training import sample_weights
 
     y = np.array([0, 0, 0, 0, 1])
     # class_power 0.5: class 0 (4 samples) 1/2 each, class 1 (1 sample) 1; mean 0.6

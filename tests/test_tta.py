@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.tta import average_view_probs, rotate, rotate_views, split_views
+from hedged.models.tta import average_view_probs, rotate, rotate_views, split_views
 
 
 def test_angle_zero_is_identity():

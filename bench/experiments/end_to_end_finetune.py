@@ -25,9 +25,9 @@ from torch.utils.data import DataLoader, Dataset
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
-from models.data import load_dataset  # noqa: E402
-from models.registry import create_model, get_spec  # noqa: E402
-from taxonomy import Taxonomy  # noqa: E402
+from hedged.models.data import load_dataset  # noqa: E402
+from hedged.models.registry import create_model, get_spec  # noqa: E402
+from hedged.taxonomy import Taxonomy  # noqa: E402
 
 torch.set_num_threads(2)
 torch.manual_seed(0)

@@ -21,10 +21,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from hedging import Darts  # noqa: E402
-from hedging.metrics import hierarchical_accuracy, information_gain  # noqa: E402
-from models.bundle import load_bundle  # noqa: E402
-from models.calibration import accuracy, nll  # noqa: E402
+from hedged.hedging import Darts  # noqa: E402
+from hedged.hedging.metrics import hierarchical_accuracy, information_gain  # noqa: E402
+from hedged.models.bundle import load_bundle  # noqa: E402
+from hedged.models.calibration import accuracy, nll  # noqa: E402
 
 
 def main(argv=None) -> int:

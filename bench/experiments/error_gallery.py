@@ -26,8 +26,8 @@ from PIL import Image, ImageDraw, ImageOps
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from hedging import Darts  # noqa: E402
-from models.bundle import load_bundle  # noqa: E402
+from hedged.hedging import Darts  # noqa: E402
+from hedged.models.bundle import load_bundle  # noqa: E402
 
 
 def main(argv=None) -> int:

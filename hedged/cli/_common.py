@@ -82,7 +82,7 @@ def load_classifier(model, **kwargs):
     if model is not None and not Path(model).exists():
         raise UsageError(f"model bundle not found: {model}")
     if model is None:
-        from models.bundle import DEFAULT_BUNDLE
+        from hedged.models.bundle import DEFAULT_BUNDLE
 
         if not Path(DEFAULT_BUNDLE).exists():
             raise UsageError(f"the default model bundle is missing ({DEFAULT_BUNDLE}); pass --model DIR")

@@ -106,7 +106,7 @@ def seeded_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.nda
 
 
 def _from_probs(args):
-    from taxonomy import Taxonomy, TaxonomyError
+    from hedged.taxonomy import Taxonomy, TaxonomyError
 
     if args.labels is None:
         raise UsageError("--probs needs --labels")
@@ -169,7 +169,7 @@ def _from_bundle(args):
 
 def _from_data(args):
     from hedged.classifier import UncalibratedError
-    from models.data import load_dataset
+    from hedged.models.data import load_dataset
 
     clf = load_classifier(args.model, batch_size=args.batch_size)
     b = clf.bundle_

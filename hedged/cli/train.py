@@ -66,7 +66,7 @@ def _fractions(text: str):
 
 def build_parser() -> argparse.ArgumentParser:
     from hedged.cli._common import Parser
-    from models.training import TrainConfig
+    from hedged.models.training import TrainConfig
 
     d = TrainConfig(data="", taxonomy="", out="")
     p = Parser(prog="train.py", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -111,9 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from models.data import DatasetError
-    from models.training import TrainConfig, train
-    from taxonomy import TaxonomyError
+    from hedged.models.data import DatasetError
+    from hedged.models.training import TrainConfig, train
+    from hedged.taxonomy import TaxonomyError
 
     args = build_parser().parse_args(argv)
     kw = {k: v for k, v in vars(args).items() if k not in ("fp32", "quiet")}
