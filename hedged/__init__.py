@@ -21,21 +21,37 @@ if not _os.path.isdir(_os.path.join(__path__[0], "taxonomy")) and _os.path.isfil
 ):
     __path__.append(_root)
 
-from hedged.classifier import HedgedClassifier, UncalibratedError, check_accuracy
-from hedged.results import Node, Prediction
-from hedged.hedging import Climbing, Darts, FlatClassifier, LeafGT
-from hedged.taxonomy import Taxonomy, TaxonomyError
+__version__ = "0.2.0"
 
-__all__ = [
-    "HedgedClassifier",
-    "Prediction",
-    "Node",
-    "UncalibratedError",
-    "check_accuracy",
-    "Taxonomy",
-    "TaxonomyError",
-    "Darts",
-    "Climbing",
-    "LeafGT",
-    "FlatClassifier",
-]
+# The public names are imported on first use (PEP 562), so that `import hedged`
+# (and `hedged --help`, `hedged --version`) does not pay for numpy and scipy.
+_EXPORTS = {
+    "HedgedClassifier": "hedged.classifier",
+    "UncalibratedError": "hedged.classifier",
+    "check_accuracy": "hedged.classifier",
+    "Prediction": "hedged.results",
+    "Node": "hedged.results",
+    "Climbing": "hedged.hedging",
+    "Darts": "hedged.hedging",
+    "FlatClassifier": "hedged.hedging",
+    "LeafGT": "hedged.hedging",
+    "Taxonomy": "hedged.taxonomy",
+    "TaxonomyError": "hedged.taxonomy",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hedged' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -35,7 +35,7 @@ exit status: 0 report written; 2 usage error (missing or inconsistent inputs).
 
 
 def build_parser() -> Parser:
-    p = Parser(prog="evaluate.py", description=DESCRIPTION, epilog=EPILOG,
+    p = Parser(prog="hedged evaluate", description=DESCRIPTION, epilog=EPILOG,
                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, metavar="DIR", help="report folder (created; files overwritten)")
     p.add_argument("--model", metavar="DIR", default=None, help="model bundle (default: the bundled model)")
@@ -277,3 +277,7 @@ def _run(args, argv) -> int:
     summary = ", ".join(f"{t:.2f}->{darts[t]['accuracy']:.3f}" for t in sorted(darts))
     print(f"wrote {Path(args.out) / 'report.md'} (n_test={metrics['n_test']}; DARTS target->achieved: {summary})")
     return EXIT_OK
+
+
+if __name__ == "__main__":  # python -m hedged.cli.evaluate
+    raise SystemExit(main())

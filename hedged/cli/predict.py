@@ -45,7 +45,7 @@ model was not calibrated for, ...).
 
 def build_parser() -> Parser:
     p = Parser(
-        prog="predict.py",
+        prog="hedged predict",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -191,3 +191,7 @@ def _run(args) -> int:
 def _finite(d: dict) -> dict:
     # JSON has no NaN; error objects carry none, but be strict for consumers.
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+
+
+if __name__ == "__main__":  # python -m hedged.cli.predict
+    raise SystemExit(main())

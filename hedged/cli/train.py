@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     from hedged.models.training import TrainConfig
 
     d = TrainConfig(data="", taxonomy="", out="")
-    p = Parser(prog="train.py", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="hedged train", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="../shared/data/clothing", help="CSV file, folder with images.csv, or ImageFolder root (default: %(default)s)")
     p.add_argument("--taxonomy", default="taxonomies/clothing.yaml", help="taxonomy YAML (default: %(default)s)")
     p.add_argument("--out", required=True, help="bundle directory to write")
@@ -111,11 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from hedged.cli._common import run_cli
+
+    return run_cli(build_parser(), _run, argv)
+
+
+def _run(args) -> int:
     from hedged.models.data import DatasetError
     from hedged.models.training import TrainConfig, train
     from hedged.taxonomy import TaxonomyError
 
-    args = build_parser().parse_args(argv)
     kw = {k: v for k, v in vars(args).items() if k not in ("fp32", "quiet")}
     cfg = TrainConfig(**kw, half=not args.fp32, progress=not args.quiet)
     try:
@@ -128,3 +133,7 @@ def main(argv=None) -> int:
           f"ECE {test['after_ts']['ece']:.4f}  (TTA {list(result['angles'])}, T={result['temperature']:.3f})")
     print(f"bundle: {cfg.out}")
     return 0
+
+
+if __name__ == "__main__":  # python -m hedged.cli.train
+    raise SystemExit(main())
