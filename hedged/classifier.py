@@ -141,7 +141,6 @@ class HedgedClassifier:
         self._rules: dict[str, Darts] = {}
         self._nodes: dict[str, Node] = {}
         self._gain = None
-        self._specific = None
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -222,7 +221,14 @@ class HedgedClassifier:
         return self.taxonomy.node_probs(probs)
 
     def predict_from_probs(
-        self, probs, accuracy: float = 0.95, guarantee: str | None = None, sources=None, *, guaranteed: bool = True
+        self,
+        probs,
+        accuracy: float = 0.95,
+        guarantee: str | None = None,
+        sources=None,
+        *,
+        guaranteed: bool = True,
+        path_over_targets: bool = False,
     ) -> list[Prediction]:
         """Hedged predictions from leaf posteriors (any classifier).
 
@@ -235,12 +241,16 @@ class HedgedClassifier:
             Default: the classifier's.
         sources : sequence of str, optional
             Names to put in ``Prediction.source``.
+        path_over_targets : bool
+            Also fill ``Prediction.answer_path``: the answer at every target
+            in (0, 1] (costs nothing extra: every answer is read off the same
+            per-sample envelope).
 
         Returns
         -------
         list of Prediction
-            The DARTS answer, except that a node with a single child is
-            reported as that child (the same classes, named more precisely).
+            The DARTS answer (a node with a single child is named by that
+            child, as every rule does), with ``leaf_at_target`` always set.
         """
         accuracy = check_accuracy(accuracy)
         guarantee = check_guarantee(self.guarantee if guarantee is None else guarantee)
@@ -250,47 +260,47 @@ class HedgedClassifier:
         rule = self.rule(guarantee)
         if probs.shape[0] == 0:
             return []
-        idx = self._most_specific()[np.asarray(rule.predict_index(probs, accuracy=accuracy), dtype=np.int64)]
+        # One envelope per sample answers the target, the path over targets and
+        # the leaf-at-target; the parameter look-up only issues the rule's warning.
+        rule.lambda_for(accuracy)
+        indptr, max_target, step_node = rule.answer_paths(probs)
         rows = np.arange(probs.shape[0])
+        # First step whose max target reaches the accuracy (the last is 1.0, the root).
+        reached = np.add.reduceat((max_target < accuracy).astype(np.int64), indptr[:-1])
+        idx = step_node[indptr[:-1] + reached]
         node_p = self.taxonomy.node_probs(probs)[rows, idx]
         leaf_idx = probs.argmax(axis=1)
         leaf_p = probs[rows, leaf_idx]
         gain = self._normalised_gain()[idx]
+        leaf_nodes = np.zeros(self.taxonomy.n_nodes, dtype=bool)
+        leaf_nodes[self.taxonomy.node_index(list(self.taxonomy.leaves))] = True
+        first = indptr[:-1]
+        leaf_at = np.where(leaf_nodes[step_node[first]], max_target[first], np.nan)
         if sources is None:
             sources = [None] * probs.shape[0]
         nodes, leaves = self.taxonomy.nodes, self.taxonomy.leaves
-        return [
-            Prediction(
-                source=src,
-                node=self.node(nodes[i]),
-                probability=float(p),
-                info_gain=float(g),
-                leaf=self.node(leaves[j]),
-                leaf_probability=float(lp),
-                accuracy=accuracy,
-                guarantee=guarantee,
-                guaranteed=guaranteed,
+        out = []
+        for r, (src, i, p, g, j, lp, la) in enumerate(zip(sources, idx, node_p, gain, leaf_idx, leaf_p, leaf_at)):
+            path = None
+            if path_over_targets:
+                ks = range(indptr[r], indptr[r + 1])
+                path = tuple((float(max_target[k]), self.node(nodes[step_node[k]])) for k in ks)
+            out.append(
+                Prediction(
+                    source=src,
+                    node=self.node(nodes[i]),
+                    probability=float(p),
+                    info_gain=float(g),
+                    leaf=self.node(leaves[j]),
+                    leaf_probability=float(lp),
+                    accuracy=accuracy,
+                    guarantee=guarantee,
+                    guaranteed=guaranteed,
+                    leaf_at_target=None if math.isnan(la) else float(la),
+                    answer_path=path,
+                )
             )
-            for src, i, p, g, j, lp in zip(sources, idx, node_p, gain, leaf_idx, leaf_p)
-        ]
-
-    def _most_specific(self) -> np.ndarray:
-        """Node index -> the deepest node with the same leaves (down single-child chains).
-
-        DARTS breaks score ties towards the more general node, and a node with
-        one child ties with that child exactly (same leaves, same probability,
-        same reward): "Footwear" when the only footwear class is "Shoes". The
-        answer is the same set of classes either way; the child names it better.
-        """
-        if self._specific is None:
-            tax = self.taxonomy
-            out = np.arange(tax.n_nodes)
-            for i, v in enumerate(tax.nodes):
-                while tax.graph.out_degree(v) == 1:
-                    (v,) = tax.graph.successors(v)
-                out[i] = tax.node_index(v)
-            self._specific = out
-        return self._specific
+        return out
 
     def _normalised_gain(self) -> np.ndarray:
         if self._gain is None:
@@ -403,6 +413,7 @@ class HedgedClassifier:
         allow_uncalibrated: bool = False,
         batch_size: int | None = None,
         progress: Callable[[int, int], None] | None = None,
+        path_over_targets: bool = False,
     ) -> list[Prediction]:
         """Hedged predictions for images.
 
@@ -422,6 +433,8 @@ class HedgedClassifier:
             ``Prediction.guaranteed`` is False).
         batch_size : int, optional
         progress : callable(done, total), optional
+        path_over_targets : bool
+            Fill ``Prediction.answer_path`` (the answer at every target).
 
         Returns
         -------
@@ -433,7 +446,8 @@ class HedgedClassifier:
         self.rule(guarantee)  # calibration problems surface before the CNN runs
         sources, ok_rows, probs, failures = self._infer(inputs, angles, errors, batch_size, progress)
         done = self.predict_from_probs(
-            probs, accuracy, guarantee, sources=[sources[i] for i in ok_rows], guaranteed=calibrated
+            probs, accuracy, guarantee, sources=[sources[i] for i in ok_rows], guaranteed=calibrated,
+            path_over_targets=path_over_targets,
         )
         out: list[Prediction | None] = [None] * len(sources)
         for i, pred in zip(ok_rows, done):

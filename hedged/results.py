@@ -87,6 +87,16 @@ class Prediction:
         calibration was not made for: then the accuracy guarantee does not hold.
     error : str or None
         Why this input could not be classified (only with ``errors="collect"``).
+    leaf_at_target : float or None
+        The largest accuracy target at which the answer would be a leaf (then
+        always ``leaf``, the most probable one); ``None`` if no target in
+        (0, 1] gives a leaf. ``accuracy <= leaf_at_target`` iff ``node`` is a leaf.
+    answer_path : tuple of (float, Node), or None
+        Only when asked for (``path_over_targets=True``): the answer at every
+        target. Steps ``(max_target, node)`` with ``max_target`` increasing;
+        the answer for a target ``a`` is the node of the first step with
+        ``a <= max_target``. The first step is the most specific answer, the
+        last is always ``(1.0, root)``; ``node`` above is the step for ``accuracy``.
     """
 
     source: str | None
@@ -99,6 +109,8 @@ class Prediction:
     guarantee: str
     guaranteed: bool = True
     error: str | None = None
+    leaf_at_target: float | None = None
+    answer_path: tuple[tuple[float, Node], ...] | None = None
 
     @property
     def ok(self) -> bool:
@@ -126,10 +138,15 @@ class Prediction:
         return f"{self.node} p={self.probability:.3f} (leaf guess {self.leaf} p={self.leaf_probability:.3f})"
 
     def to_dict(self) -> dict:
-        """The JSON form (one line of ``predict.py --json``); see docs/usage.md."""
+        """The JSON form (one line of ``predict.py --json``); see docs/usage.md.
+
+        ``leaf_at_target`` is always there (null if never a leaf);
+        ``answer_path`` only when the prediction carries it, as a list of
+        ``{"max_target", "node", "name"}`` objects.
+        """
         if self.error is not None:
             return {"image": self.source, "error": self.error}
-        return {
+        out = {
             "image": self.source,
             "node": self.node.name,
             "name": self.node.display_name,
@@ -145,4 +162,10 @@ class Prediction:
             "accuracy_target": self.accuracy,
             "guarantee": self.guarantee,
             "guarantee_holds": self.guaranteed,
+            "leaf_at_target": self.leaf_at_target,
         }
+        if self.answer_path is not None:
+            out["answer_path"] = [
+                {"max_target": t, "node": node.name, "name": node.display_name} for t, node in self.answer_path
+            ]
+        return out

@@ -5,6 +5,14 @@ scalar parameter ``t`` (DARTS: lambda; LEAF-GT / climbing: a confidence
 threshold) such that ``t = inf`` predicts the root for every sample. Calibration
 turns the calibration samples into the exact step function ``t -> number of
 correct calibration predictions`` and every accuracy target is a lookup in it.
+
+One tolerance, :data:`TIE_RTOL`, decides what counts as "the same parameter":
+DARTS uses it for tied scores inside one sample's envelope, and the
+calibration merges events of different samples whose parameters are within it
+(their rounding differs by a few ulp when they are mathematically equal). A
+merged segment starts at the *largest* parameter of its events, so a decision
+at that start sees every one of them: ``decide`` at ``lambda_for(a)`` meets
+``a`` on the calibration data, always.
 """
 
 from __future__ import annotations
@@ -22,6 +30,8 @@ ROW_SUM_TOL = 1e-3
 CHUNK_ELEMENTS = 4_000_000
 
 GUARANTEES = ("pac", "expected")
+#: Relative gap under which two parameters (or two scores) are the same.
+TIE_RTOL = 1e-10
 
 
 class NotFittedError(ValueError, AttributeError):
@@ -73,6 +83,16 @@ def check_accuracy(accuracy) -> float:
     return a
 
 
+def check_accuracies(accuracy):
+    """One target -> (float, True); a sequence of targets -> (float array, False)."""
+    if isinstance(accuracy, (str, bytes)) or np.ndim(accuracy) == 0:
+        return check_accuracy(accuracy.item() if isinstance(accuracy, np.generic) else accuracy), True
+    items = list(np.asarray(accuracy, dtype=object).ravel())
+    if not items:
+        raise ValueError("accuracy must be a number in (0, 1] or a non-empty sequence of them, got []")
+    return np.asarray([check_accuracy(a.item() if isinstance(a, np.generic) else a) for a in items]), False
+
+
 def check_parameter(value, name: str) -> float:
     """A rule parameter (lambda or threshold): a number >= 0, inf allowed."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -104,6 +124,27 @@ def samples_needed(accuracy: float, delta: float) -> int:
     return math.ceil(math.log(delta) / math.log(accuracy) - 1e-12)
 
 
+def merge_events(lam: np.ndarray, delta: np.ndarray):
+    """Segment starts and count changes from sorted-or-not events ``(lam, delta)``.
+
+    Events whose parameters chain within :data:`TIE_RTOL` (relative) form one
+    segment; it starts at the cluster's largest parameter, so that a decision
+    there sees all of the cluster's events. Returns ``(starts, counts, cluster)``
+    with ``starts`` ascending, ``counts`` the summed deltas per segment and
+    ``cluster`` the segment of each event in sorted order (with the order).
+    """
+    order = np.argsort(lam, kind="stable")
+    lam = lam[order]
+    if lam.size == 0:
+        return np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), order
+    new = np.r_[True, lam[1:] > lam[:-1] * (1.0 + TIE_RTOL)]
+    # Exact zeros never merge with positive parameters (a relative gap of 0).
+    cluster = np.cumsum(new) - 1
+    last = np.r_[np.flatnonzero(new)[1:] - 1, lam.size - 1]
+    counts = np.bincount(cluster, weights=delta[order], minlength=last.size).astype(np.int64)
+    return lam[last], counts, cluster, order
+
+
 class StepCalibration:
     """Calibration accuracy of a one-parameter rule as an exact step function.
 
@@ -116,65 +157,96 @@ class StepCalibration:
     * ``"expected"``: the smallest ``t`` whose calibration accuracy is >= ``a``.
     * ``"pac"``: fixed-sequence testing from the conservative end (``t = inf``
       downwards, as in Learn-then-Test): walk the segments from the largest
-      ``t`` down while the one-sided Clopper-Pearson lower bound of each
+      ``t`` down while the one-sided lower confidence bound of each
       segment's accuracy is >= ``a``; return the start of the last segment
       that passed. The order is fixed before seeing data, so the family-wise
       error is at most ``delta`` even though the segments are data dependent
       (any failure implies rejecting the first truly-bad parameter, a fixed
-      point, which has probability <= delta).
+      point, which has probability <= delta). The bound is Clopper-Pearson
+      over photos, or :func:`hedged.hedging.groups.group_lower_bounds` over
+      groups when ``group_counts`` are given.
+
+    ``key`` is what a target is compared with: a target ``a`` selects segment
+    ``j`` = the first with ``key[j] >= a`` (non-decreasing in ``j``).
     """
 
-    def __init__(self, starts: np.ndarray, n_correct: np.ndarray, n: int, guarantee: str, delta: float):
+    def __init__(self, starts, n_correct, n: int, guarantee: str, delta: float, lower=None, unit: str = "photo"):
         self.starts = np.asarray(starts, dtype=np.float64)
         self.n_correct = np.asarray(n_correct, dtype=np.int64)
         self.n = int(n)
         self.guarantee = guarantee
         self.delta = delta
+        self.unit = unit
         self.accuracy = self.n_correct / max(self.n, 1)
         if guarantee == "pac":
-            self.lower = clopper_pearson_lower(self.n_correct, self.n, delta)
+            self.lower = clopper_pearson_lower(self.n_correct, self.n, delta) if lower is None else np.asarray(lower)
             # Segment j is selectable iff it and every segment above it pass:
             # the suffix minimum, non-decreasing in j, so a target is a search.
-            self._key = np.minimum.accumulate(self.lower[::-1])[::-1]
+            self.key = np.minimum.accumulate(self.lower[::-1])[::-1]
         else:
             self.lower = None
             # Smallest t meeting the target = first index where the running
             # maximum of the accuracy reaches it.
-            self._key = np.maximum.accumulate(self.accuracy)
+            self.key = np.maximum.accumulate(self.accuracy)
+        self._warned: set = set()
+
+    def select_many(self, accuracies: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Parameters for many targets at once, and which targets fell back to the root."""
+        a = np.asarray(accuracies, dtype=np.float64)
+        if self.n == 0:
+            return np.full(a.shape, math.inf), np.ones(a.shape, dtype=bool)
+        j = np.searchsorted(self.key, a, side="left")
+        out = np.where(j < len(self.starts), self.starts[np.minimum(j, len(self.starts) - 1)], math.inf)
+        # Only the root is certainly right on unseen data; that is no failure.
+        out[a >= 1.0] = math.inf
+        return out, (j >= len(self.starts)) & (a < 1.0)
 
     def select(self, accuracy: float, what: str = "parameter") -> float:
         """The calibrated parameter for ``accuracy`` (inf = root for all)."""
-        if accuracy >= 1.0 or self.n == 0:
-            # Only the root is certainly right on unseen data.
-            if self.n == 0:
-                warnings.warn("no calibration samples: predicting the root for every sample", stacklevel=3)
-            return math.inf
-        j = int(np.searchsorted(self._key, accuracy, side="left"))
-        if j < len(self.starts):
-            return float(self.starts[j])
+        t, failed = self.select_many(np.array([accuracy]))
+        if failed[0] or self.n == 0:
+            self.warn_root([accuracy], what)
+        return float(t[0])
+
+    def warn_root(self, accuracies, what: str = "parameter") -> None:
+        """One warning for all the targets that fell back to the root."""
+        accuracies = sorted({float(a) for a in accuracies})
+        if not accuracies:
+            return
+        if self.n == 0:
+            warnings.warn("no calibration samples: predicting the root for every sample", stacklevel=4)
+            return
+        shown = ", ".join(f"{a:g}" for a in accuracies[:3]) + (f" and {len(accuracies) - 3} more" if len(accuracies) > 3 else "")
+        lowest = accuracies[0]
         if self.guarantee == "pac":
-            need = samples_needed(accuracy, self.delta)
-            if self.n < need:
+            need = samples_needed(lowest, self.delta)
+            unit = "calibration samples" if self.unit == "photo" else "calibration groups"
+            if self.unit == "photo" and self.n < need:
                 msg = (
-                    f"{self.n} calibration samples cannot certify accuracy {accuracy:g} with delta={self.delta:g}: "
+                    f"{self.n} {unit} cannot certify accuracy {shown} with delta={self.delta:g}: "
                     f"at least {need} are needed even if all are correct; predicting the root for every sample"
                 )
             else:
                 msg = (
-                    f"no {what} certifies accuracy {accuracy:g} with delta={self.delta:g} on {self.n} "
-                    "calibration samples; predicting the root for every sample"
+                    f"no {what} certifies accuracy {shown} with delta={self.delta:g} on {self.n} "
+                    f"{unit}; predicting the root for every sample"
                 )
         else:
-            msg = f"no {what} reaches calibration accuracy {accuracy:g}; predicting the root for every sample"
-        warnings.warn(msg, stacklevel=3)
-        return math.inf
+            msg = f"no {what} reaches calibration accuracy {shown}; predicting the root for every sample"
+        warnings.warn(msg, stacklevel=4)
 
 
 class HedgingRule:
     """Base of the decision rules: parameters, fit, predict (scikit-learn shape).
 
-    Subclasses implement ``_calibration_steps(probs, y) -> (starts, n_correct)``
-    and ``_decide(probs, t) -> node indices`` on validated input and a finite ``t``.
+    Subclasses implement ``_events(probs, y) -> (correct0, lam, sample, delta)``
+    (whether each calibration sample is right at ``t = 0`` and the parameters
+    where that changes, +1 / -1) and ``_decide(probs, t) -> node indices`` on
+    validated input and a finite ``t``.
+
+    Every rule returns the node users see: a node with a single child is
+    named by that child (the same set of classes, named more precisely; DARTS
+    breaks their exact tie towards the parent otherwise).
     """
 
     _parameter_name = "parameter"
@@ -208,6 +280,8 @@ class HedgingRule:
         return np.ascontiguousarray((self._membership_t @ np.asarray(chunk, dtype=np.float64).T).T)
 
     def _prepare(self) -> None:
+        if getattr(self, "_prepared_for", None) is self.taxonomy:
+            return
         tax = self.taxonomy
         # CSR of membership^T: sparse on the left makes one pass over the
         # non-zeros for a whole chunk of samples.
@@ -220,6 +294,8 @@ class HedgingRule:
         # Sorted keys leaf * n_nodes + node: "is node v an ancestor-or-self of
         # leaf l" becomes a binary search, with no dense L x V matrix.
         self._member_keys = rows * tax.n_nodes + m.indices.astype(np.int64)
+        self._specific = most_specific(tax)
+        self._prepared_for = tax
 
     def _is_under(self, leaves: np.ndarray, nodes: np.ndarray) -> np.ndarray:
         keys = leaves.astype(np.int64) * self.taxonomy.n_nodes + nodes
@@ -234,7 +310,7 @@ class HedgingRule:
         return y.astype(np.int64)
 
     # -------------------------------------------------------------- API
-    def fit(self, probs, labels):
+    def fit(self, probs, labels, groups=None):
         """Calibrate on held-out data.
 
         Parameters
@@ -244,6 +320,13 @@ class HedgingRule:
             ``taxonomy.leaves`` order.
         labels : array-like, shape (n_samples,)
             True leaves: indices, leaf names or leaf aliases.
+        groups : array-like, shape (n_samples,), optional
+            Who contributed each sample (any hashable ids, e.g. hashed sender
+            ids). With ``guarantee="pac"`` the bound then treats *groups* as
+            the exchangeable sampling unit and the samples within a group as
+            arbitrarily dependent (see :mod:`hedged.hedging.groups`); the
+            target is still the share of correct answers over future samples.
+            Ignored by ``"expected"``. Without groups: one sample, one unit.
 
         Returns
         -------
@@ -253,46 +336,93 @@ class HedgingRule:
         self._prepare()
         probs = check_probs(probs, self.taxonomy.n_leaves)
         y = self._check_labels(labels, probs.shape[0])
-        starts, n_correct = self._calibration_steps(probs, y)
+        codes = None
+        if groups is not None:
+            g = np.asarray(groups)
+            if g.shape != (probs.shape[0],):
+                raise ValueError(f"groups must have shape ({probs.shape[0]},) to match probs, got {g.shape}")
+            codes = np.unique(g.astype(str) if g.dtype.kind == "O" else g, return_inverse=True)[1].ravel()
+        correct0, lam, sample, delta = self._events(probs, y)
+        starts, counts, cluster, order = merge_events(np.asarray(lam, dtype=np.float64), np.asarray(delta))
+        n0 = int(np.count_nonzero(correct0))
+        if starts.size == 0 or starts[0] > 0.0:
+            starts = np.r_[0.0, starts]
+            counts = np.r_[0, counts]
+            cluster = cluster + 1
+        n_correct = n0 + np.cumsum(counts)
         self.n_calibration_ = int(probs.shape[0])
-        self.calibration_ = StepCalibration(starts, n_correct, probs.shape[0], self.guarantee, float(self.delta))
+        lower, unit, n_units = None, "photo", probs.shape[0]
+        if codes is not None and self.guarantee == "pac":
+            from hedged.hedging.groups import group_lower_bounds
+
+            sizes = np.bincount(codes)
+            base = np.bincount(codes, weights=correct0, minlength=sizes.size)
+            ev = order  # events in sorted order
+            lower = group_lower_bounds(
+                base, sizes, cluster, codes[np.asarray(sample)[ev]], np.asarray(delta)[ev], starts.size, float(self.delta)
+            )
+            unit, n_units = "group", int(sizes.size)
+        self.n_groups_ = None if codes is None else int(codes.max() + 1 if codes.size else 0)
+        self.calibration_ = StepCalibration(starts, n_correct, probs.shape[0], self.guarantee, float(self.delta), lower, unit)
+        self.calibration_.n_units = n_units
         return self
 
-    def _parameter_for(self, accuracy) -> float:
+    def _parameters_for(self, accuracy):
+        """(parameters, scalar?) for one target or many; one warning for those that fall back to the root."""
         self._check_fitted()
-        return self.calibration_.select(check_accuracy(accuracy), self._parameter_name)
+        a, scalar = check_accuracies(accuracy)
+        t, failed = self.calibration_.select_many(np.atleast_1d(a))
+        if failed.any() or self.calibration_.n == 0:
+            self.calibration_.warn_root(np.atleast_1d(a)[failed] if self.calibration_.n else [0], self._parameter_name)
+        return t, scalar
+
+    def _parameter_for(self, accuracy) -> float:
+        t, _ = self._parameters_for(check_accuracy(accuracy))
+        return float(t[0])
 
     def predict_index(self, probs, accuracy=0.95) -> np.ndarray:
-        """Node indices (into ``taxonomy.nodes``), one per sample, for a target accuracy."""
-        t = self._parameter_for(accuracy)
+        """Node indices (into ``taxonomy.nodes``) for one target, or one column per target.
+
+        ``accuracy`` a number: shape (n_samples,); a sequence of k targets:
+        shape (n_samples, k), column j for ``accuracy[j]``.
+        """
+        t, scalar = self._parameters_for(accuracy)
         probs = check_probs(probs, self.taxonomy.n_leaves)
-        return self._decide_index(probs, t)
+        out = self._decide_many(probs, t)
+        return out[:, 0] if scalar else out
+
+    def _decide_many(self, probs: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        # Threshold rules are cheap per parameter; DARTS overrides this with
+        # one envelope per sample and a look-up per target.
+        out = np.empty((probs.shape[0], len(ts)), dtype=np.int64)
+        for j, t in enumerate(ts):
+            out[:, j] = self._decide_index(probs, float(t))
+        return out
 
     def _decide_with(self, probs, t, name: str) -> np.ndarray:
         """``decide_index`` of the subclasses: a given parameter, no calibration needed."""
         t = check_parameter(t, name)
-        if not hasattr(self, "_root"):
-            self._prepare()
+        self._prepare()
         return self._decide_index(check_probs(probs, self.taxonomy.n_leaves), t)
 
     def _decide_index(self, probs: np.ndarray, t: float) -> np.ndarray:
         # An infinite parameter means the root for everyone, whatever the rule.
         if math.isinf(t):
-            return np.full(probs.shape[0], self._root, dtype=np.int64)
-        return self._decide(probs, t)
+            return np.full(probs.shape[0], self._specific[self._root], dtype=np.int64)
+        return self._specific[self._decide(probs, t)]
 
     def predict(self, probs, accuracy=0.95) -> np.ndarray:
-        """Node names, one per sample, meeting ``accuracy`` under ``guarantee``.
+        """Node names meeting ``accuracy`` under ``guarantee``.
 
         Parameters
         ----------
         probs : array-like, shape (n_samples, n_leaves)
-        accuracy : float in (0, 1]
+        accuracy : float in (0, 1], or a sequence of them
             Target hierarchical accuracy; any value works without refitting.
 
         Returns
         -------
-        numpy.ndarray of str, shape (n_samples,)
+        numpy.ndarray of str, shape (n_samples,) for one target, (n_samples, k) for k targets
         """
         return self._names(self.predict_index(probs, accuracy))
 
@@ -307,3 +437,21 @@ class HedgingRule:
         if c.lower is not None:
             out["lower_bound"] = c.lower.copy()
         return out
+
+
+def most_specific(taxonomy) -> np.ndarray:
+    """Node index -> the deepest node with the same leaves (down single-child chains).
+
+    A node with one child has exactly the child's leaves, probability and
+    reward, so DARTS ties them: "Footwear" when the only footwear class is
+    "Shoes". The answer is the same set of classes; the child names it better.
+    """
+    out = np.arange(taxonomy.n_nodes)
+    g = taxonomy.graph
+    for i, v in enumerate(taxonomy.nodes):
+        if g.out_degree(v) != 1:
+            continue
+        while g.out_degree(v) == 1:
+            (v,) = g.successors(v)
+        out[i] = taxonomy.node_index(v)
+    return out

@@ -6,20 +6,15 @@ import math
 
 import numpy as np
 
-from hedged.hedging._base import HedgingRule, check_accuracy
+from hedged.hedging._base import TIE_RTOL, HedgingRule, check_accuracy, check_probs
 
-# Scores within this relative gap are ties. It absorbs the rounding of a
-# breakpoint lambda computed by the calibration, so that decide() at exactly a
-# breakpoint picks the same node as the calibration step function.
-_TIE_RTOL = 1e-10
-
-
-def _argmax_prefer_general(scores: np.ndarray, node_probs: np.ndarray) -> np.ndarray:
-    """Row-wise argmax of ``scores``; ties go to the higher node probability,
-    then to the lower node index (ancestors come first in ``taxonomy.nodes``)."""
-    best = scores.max(axis=1, keepdims=True)
-    near = scores >= best - _TIE_RTOL * np.abs(best)
-    return np.where(near, node_probs, -1.0).argmax(axis=1)
+def _transpose(a: np.ndarray) -> np.ndarray:
+    """``a.T`` as a C-ordered float64 array, copied in cache-sized blocks (~5x
+    faster than one strided copy of a large matrix)."""
+    out = np.empty((a.shape[1], a.shape[0]), dtype=np.float64)
+    for s in range(0, a.shape[0], 256):
+        out[:, s : s + 256] = a[s : s + 256].T
+    return out
 
 
 class Darts(HedgingRule):
@@ -32,12 +27,14 @@ class Darts(HedgingRule):
     leaves when there are many leaves). As lambda grows the chosen node's
     probability never decreases; ``lambda = inf`` predicts the root.
 
-    Calibration is exact: per calibration sample, f_lambda as a function of
-    lambda is the upper envelope of the lines ``p_v * lambda + r_v * p_v``, so
-    it is piecewise constant with few breakpoints. They are computed for all
-    samples (vectorised, in chunks), and sorting them gives the exact
-    calibration accuracy at every lambda. Every accuracy target is then a
-    lookup, with no bisection and no refit.
+    Calibration is exact: per sample, f_lambda as a function of lambda is
+    the upper envelope of the lines ``p_v * lambda + r_v * p_v``, so it is
+    piecewise constant with few breakpoints (:meth:`paths`). They are
+    computed for all samples (vectorised, in chunks), and sorting them gives
+    the exact calibration accuracy at every lambda. Every accuracy target is
+    then a lookup, with no bisection and no refit; decisions read the same
+    envelopes, so any number of targets costs one envelope per sample
+    (``predict(probs, accuracy=[...])``, :meth:`answer_paths`).
 
     Parameters
     ----------
@@ -81,6 +78,10 @@ class Darts(HedgingRule):
     def _prepare(self) -> None:
         super()._prepare()
         self.rewards_ = np.asarray(self.taxonomy.rewards(self.prior), dtype=np.float64)
+        is_leaf = np.zeros(self.taxonomy.n_nodes, dtype=bool)
+        is_leaf[self._leaf_nodes] = True
+        self._inner_nodes = np.flatnonzero(~is_leaf)
+        self._inner_t = self._membership_t[self._inner_nodes]
 
     # ----------------------------------------------------------------- API
     def lambda_for(self, accuracy) -> float:
@@ -105,9 +106,12 @@ class Darts(HedgingRule):
     def decide_index(self, probs, lam) -> np.ndarray:
         """Node indices chosen by f_lambda (no calibration involved).
 
-        Ties (scores equal within a relative 1e-10) go to the node with the
-        higher probability, i.e. the more general, safer one, then to the
-        lower node index. ``lam = inf`` gives the root.
+        f_lambda is read off each sample's envelope (:meth:`paths`), the same
+        one the calibration counts, so the two can never disagree. Ties
+        (scores, or crossing points, equal within a relative 1e-10) go to the
+        node with the higher probability, i.e. the more general, safer one,
+        then to the lower node index; a single-child node is named by its
+        child. ``lam = inf`` gives the root.
         """
         return self._decide_with(probs, lam, "lam")
 
@@ -115,57 +119,165 @@ class Darts(HedgingRule):
         """Node names chosen by f_lambda; see :meth:`decide_index`."""
         return self._names(self.decide_index(probs, lam))
 
-    # ----------------------------------------------------------- internals
-    def _decide(self, probs: np.ndarray, lam: float) -> np.ndarray:
-        n = probs.shape[0]
-        out = np.empty(n, dtype=np.int64)
-        shifted = self.rewards_ + lam
-        step = self._chunk_rows()
-        for s in range(0, n, step):
-            node_p = self._node_probs(probs[s : s + step])
-            out[s : s + step] = _argmax_prefer_general(node_p * shifted, node_p)
+    def paths(self, probs):
+        """f_lambda of every sample as a function of lambda.
+
+        Returns
+        -------
+        (indptr, lam, node) : ragged arrays
+            Sample ``i`` answers ``node[k]`` for lambda in
+            ``[lam[k], lam[k+1])``, ``k`` in ``indptr[i]:indptr[i+1]``; the
+            first ``lam`` of each sample is 0 and the last node holds up to
+            (not including) lambda = inf, the root. Node indices are the ones
+            users see (single-child nodes named by their child), consecutive
+            nodes differ.
+        """
+        self._prepare()
+        return self._paths(check_probs(probs, self.taxonomy.n_leaves))
+
+    def answer_paths(self, probs):
+        """Each sample's answer as a function of the accuracy target.
+
+        Returns
+        -------
+        (indptr, max_target, node) : ragged arrays
+            Sample ``i``'s steps are ``k`` in ``indptr[i]:indptr[i+1]``, with
+            ``max_target`` increasing: the answer for target ``a`` is
+            ``node[k]`` for the first ``k`` with ``a <= max_target[k]``. The
+            last step is always ``(1.0, root)``; a node never answered for any
+            target in (0, 1] does not appear. This is exactly what
+            :meth:`predict` answers, for every target at once.
+        """
+        self._check_fitted()
+        self._prepare()
+        indptr, lam, node = self._paths(check_probs(probs, self.taxonomy.n_leaves))
+        return self._answer_steps(indptr, lam, node)
+
+    def _answer_steps(self, indptr, lam, node):
+        c = self.calibration_
+        n = indptr.size - 1
+        rows = np.repeat(np.arange(n), np.diff(indptr))
+        last = np.zeros(lam.size, dtype=bool)
+        last[indptr[1:][indptr[1:] > indptr[:-1]] - 1] = True
+        # Node k is answered while lambda(a) < lam[k+1]: lambda(a) = starts[j(a)]
+        # is below it iff j(a) < J = #starts below lam[k+1] iff a <= key[J-1].
+        nxt = np.where(last, np.inf, np.r_[lam[1:], np.inf])
+        j = np.searchsorted(c.starts, nxt, side="left")
+        mt = np.where(j > 0, c.key[np.maximum(j, 1) - 1], -np.inf)
+        if c.n == 0:
+            mt[:] = -np.inf
+        # Target 1 always means the root (only it is certainly right).
+        mt = np.minimum(mt, np.nextafter(1.0, 0.0))
+        root = self._specific[self._root]
+        rows = np.r_[rows, np.arange(n)]
+        mt = np.r_[mt, np.ones(n)]
+        node = np.r_[node, np.full(n, root, dtype=np.int64)]
+        order = np.argsort(rows, kind="stable")
+        rows, mt, node = rows[order], mt[order], node[order]
+        # max_target is non-decreasing along a sample; a step that does not
+        # raise it answers no target, and equal neighbours are one step.
+        keep = mt > 0
+        new_row = np.r_[True, rows[1:] != rows[:-1]]
+        keep &= new_row | (mt > np.r_[-np.inf, mt[:-1]])
+        rows, mt, node = rows[keep], mt[keep], node[keep]
+        same_next = np.r_[(rows[1:] == rows[:-1]) & (node[1:] == node[:-1]), False]
+        rows, mt, node = rows[~same_next], mt[~same_next], node[~same_next]
+        return np.r_[0, np.cumsum(np.bincount(rows, minlength=n))], mt, node
+
+    def leaf_at_target(self, probs) -> np.ndarray:
+        """Per sample, the largest target at which the answer is a leaf (NaN if never).
+
+        That leaf is always the sample's most probable one.
+        """
+        indptr, mt, node = self.answer_paths(probs)
+        is_leaf = np.zeros(self.taxonomy.n_nodes, dtype=bool)
+        is_leaf[self._leaf_nodes] = True
+        out = np.full(indptr.size - 1, np.nan)
+        first = indptr[:-1]
+        # Only a sample's first answer can be a leaf: later ones are more probable.
+        ok = is_leaf[node[first]]
+        out[ok] = mt[first[ok]]
         return out
 
-    def _calibration_steps(self, probs: np.ndarray, y: np.ndarray):
-        lams, deltas = [np.zeros(1)], [np.zeros(1, dtype=np.int64)]
-        n_correct0 = 0
-        step = self._chunk_rows()
-        for s in range(0, probs.shape[0], step):
-            c0, lam, dlt = self._envelope_events(probs[s : s + step], y[s : s + step])
-            n_correct0 += c0
-            lams.append(lam)
-            deltas.append(dlt)
-        lam = np.concatenate(lams)
-        dlt = np.concatenate(deltas)
-        order = np.argsort(lam, kind="stable")
-        lam, dlt = lam[order], dlt[order]
-        starts, first = np.unique(lam, return_index=True)
-        n_correct = n_correct0 + np.cumsum(np.add.reduceat(dlt, first))
-        return starts, n_correct
+    # ----------------------------------------------------------- internals
+    def _decide(self, probs: np.ndarray, lam: float) -> np.ndarray:
+        return self._decide_many(probs, np.array([lam]))[:, 0]
 
-    def _envelope_events(self, chunk: np.ndarray, y: np.ndarray):
+    def _decide_many(self, probs: np.ndarray, lams: np.ndarray) -> np.ndarray:
+        out = np.empty((probs.shape[0], len(lams)), dtype=np.int64)
+        step = self._chunk_rows()
+        root = self._specific[self._root]
+        for s in range(0, probs.shape[0], step):
+            indptr, lam, node = self._paths(probs[s : s + step])
+            for j, t in enumerate(lams):
+                if math.isinf(t):
+                    out[s : s + step, j] = root
+                    continue
+                count = np.add.reduceat((lam <= t).astype(np.int64), indptr[:-1])
+                out[s : s + step, j] = node[indptr[:-1] + count - 1]
+        return out
+
+    def _events(self, probs: np.ndarray, y: np.ndarray):
+        indptr, lam, node = self._paths(probs)
+        rows = np.repeat(np.arange(probs.shape[0]), np.diff(indptr))
+        correct = self._is_under(y[rows], node)
+        first = np.zeros(lam.size, dtype=bool)
+        first[indptr[:-1]] = True
+        change = np.r_[False, correct[1:] != correct[:-1]] & ~first
+        return correct[indptr[:-1]], lam[change], rows[change], np.where(correct[change], 1, -1)
+
+    def _paths(self, probs: np.ndarray):
+        n = probs.shape[0]
+        step = self._chunk_rows()
+        parts = [self._envelope(probs[s : s + step], s) for s in range(0, n, step)]
+        if not parts:
+            return np.zeros(1, dtype=np.int64), np.zeros(0), np.zeros(0, dtype=np.int64)
+        rows = np.concatenate([p[0] for p in parts])
+        lam = np.concatenate([p[1] for p in parts])
+        node = self._specific[np.concatenate([p[2] for p in parts])]
+        # A node and its single child are one answer: keep the first of a run.
+        keep = np.r_[True, (node[1:] != node[:-1]) | (rows[1:] != rows[:-1])]
+        rows, lam, node = rows[keep], lam[keep], node[keep]
+        return np.r_[0, np.cumsum(np.bincount(rows, minlength=n))], lam, node
+
+    def _envelope(self, chunk: np.ndarray, offset: int):
         """Walk the upper envelope of every sample's lines from lambda = 0 up.
 
-        Returns the number correct at lambda = 0 and the events (lambda,
-        +1 / -1) where a sample's correctness changes. Only nodes with a higher
-        probability than the current one can take over, and they are few per
-        sample, so the walk runs on a ragged list of candidates (O(candidates)
-        per step, not O(n_nodes)).
+        Only nodes at least as probable as the sample's top leaf can ever win
+        (a winner's (r_v + lambda) p_v must beat the top leaf's, and no reward
+        exceeds a leaf's), and they are few, so after one comparison over the
+        node posteriors the walk runs on a ragged list of candidates.
+        Returns (row, lambda, node) of every step, sorted by row then lambda.
         """
-        node_p = self._node_probs(chunk)
-        gain = node_p * self.rewards_
-        rows_all = np.arange(node_p.shape[0])
-        cur = _argmax_prefer_general(gain, node_p)
-        p_cur = node_p[rows_all, cur]
-        b_cur = gain[rows_all, cur]
-        lam_cur = np.zeros(node_p.shape[0])
-        correct = self._is_under(y, cur)
-        n_correct0 = int(correct.sum())
-        rows, cols = np.nonzero(node_p > p_cur[:, None])
-        pk = node_p[rows, cols]
-        bk = gain[rows, cols]
-        del node_p, gain
-        ev_lam, ev_delta = [], []
+        m = chunk.shape[0]
+        # Candidates: the top leaf (the lowest-index one on exact ties, as the
+        # tie rule wants) and the inner nodes at least as probable. Inner node
+        # posteriors come nodes x samples, as the sparse product gives them:
+        # transposing the leaf posteriors is cheaper than the node posteriors.
+        top_leaf = np.asarray(chunk).argmax(axis=1)
+        top = np.asarray(chunk[np.arange(m), top_leaf], dtype=np.float64)
+        inner_pt = self._inner_t @ _transpose(chunk)
+        icols, irows = np.nonzero(inner_pt >= top * (1.0 - 1e-9))
+        pk = np.r_[inner_pt[icols, irows], top]
+        del inner_pt
+        rows = np.r_[irows, np.arange(m)]
+        cols = np.r_[self._inner_nodes[icols], self._leaf_nodes[top_leaf]]
+        order = np.lexsort((cols, rows))
+        rows, cols, pk = rows[order], cols[order], pk[order]
+        bk = pk * self.rewards_[cols]
+        # lambda = 0: the best expected gain, near-ties to the more probable node,
+        # then to the lower index (cols ascend within a row).
+        starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+        sizes = np.diff(np.r_[starts, rows.size])
+        best = np.repeat(np.maximum.reduceat(bk, starts), sizes)
+        key = np.where(bk >= best - TIE_RTOL * np.abs(best), pk, -1.0)
+        hit = np.flatnonzero(key == np.repeat(np.maximum.reduceat(key, starts), sizes))
+        first = hit[np.r_[True, rows[hit[1:]] != rows[hit[:-1]]]]
+        cur = cols[first]
+        p_cur, b_cur, lam_cur = pk[first], bk[first], np.zeros(m)
+        out_rows, out_lam, out_node = [np.arange(m)], [np.zeros(m)], [cur]
+        keep = pk > p_cur[rows]
+        rows, cols, pk, bk = rows[keep], cols[keep], pk[keep], bk[keep]
         while rows.size:
             # Breakpoint with each candidate: (b_cur - b_k) / (p_k - p_cur).
             lam = (b_cur[rows] - bk) / (pk - p_cur[rows])
@@ -175,22 +287,19 @@ class Darts(HedgingRule):
             lmin = np.minimum.reduceat(lam, starts)
             # Lines crossing the envelope at the same point: the steepest one
             # (highest probability) is the envelope just after it.
-            tied = lam <= np.repeat(lmin * (1.0 + _TIE_RTOL), sizes)
+            tied = lam <= np.repeat(lmin * (1.0 + TIE_RTOL), sizes)
             key = np.where(tied, pk, -1.0)
             hit = np.flatnonzero(key == np.repeat(np.maximum.reduceat(key, starts), sizes))
             first = hit[np.r_[True, rows[hit[1:]] != rows[hit[:-1]]]]
             grp = rows[first]
-            new_nodes = cols[first]
-            new_correct = self._is_under(y[grp], new_nodes)
-            changed = new_correct != correct[grp]
-            ev_lam.append(lmin[changed])
-            ev_delta.append(np.where(new_correct[changed], 1, -1))
-            correct[grp] = new_correct
+            out_rows.append(grp)
+            out_lam.append(lmin)
+            out_node.append(cols[first])
             p_cur[grp] = pk[first]
             b_cur[grp] = bk[first]
             lam_cur[grp] = lmin
             keep = pk > p_cur[rows]
             rows, cols, pk, bk = rows[keep], cols[keep], pk[keep], bk[keep]
-        if ev_lam:
-            return n_correct0, np.concatenate(ev_lam), np.concatenate(ev_delta).astype(np.int64)
-        return n_correct0, np.zeros(0), np.zeros(0, dtype=np.int64)
+        rows = np.concatenate(out_rows)
+        order = np.argsort(rows, kind="stable")
+        return rows[order] + offset, np.concatenate(out_lam)[order], np.concatenate(out_node)[order]

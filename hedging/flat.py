@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hedged.hedging._base import HedgingRule, check_accuracy
+from hedged.hedging._base import HedgingRule, check_accuracies
 
 
 class FlatClassifier(HedgingRule):
@@ -20,15 +20,15 @@ class FlatClassifier(HedgingRule):
         Accepted for a uniform interface; unused.
     """
 
-    def _calibration_steps(self, probs: np.ndarray, y: np.ndarray):
-        n_correct = int(np.count_nonzero(probs.argmax(axis=1) == y)) if probs.shape[0] else 0
-        self.calibration_accuracy_ = n_correct / probs.shape[0] if probs.shape[0] else float("nan")
-        return np.zeros(1), np.array([n_correct])
+    def _events(self, probs: np.ndarray, y: np.ndarray):
+        correct = probs.argmax(axis=1) == y if probs.shape[0] else np.zeros(0, dtype=bool)
+        self.calibration_accuracy_ = float(correct.mean()) if probs.shape[0] else float("nan")
+        return correct, np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
 
-    def _parameter_for(self, accuracy) -> float:
+    def _parameters_for(self, accuracy):
         self._check_fitted()
-        check_accuracy(accuracy)
-        return 0.0
+        a, scalar = check_accuracies(accuracy)
+        return np.zeros(np.atleast_1d(a).shape), scalar
 
     def _decide(self, probs: np.ndarray, t: float) -> np.ndarray:
         return self._leaf_nodes[probs.argmax(axis=1)]

@@ -44,13 +44,13 @@ class _ThresholdRule(HedgingRule):
         """Node names for a given threshold."""
         return self._names(self.decide_index(probs, threshold))
 
-    def _calibration_steps(self, probs: np.ndarray, y: np.ndarray):
-        a = np.sort(self._wrong_levels(probs, y))
-        finite = np.unique(a[np.isfinite(a)])
-        # theta = 0 (never hedge) and, for each level, the smallest theta above it.
-        starts = np.r_[0.0, np.nextafter(finite, np.inf)]
-        n_correct = np.r_[np.count_nonzero(a < 0.0), np.searchsorted(a, finite, side="right")]
-        return starts, n_correct
+    def _events(self, probs: np.ndarray, y: np.ndarray):
+        a = self._wrong_levels(probs, y)
+        finite = np.flatnonzero(np.isfinite(a))
+        # Right at theta = 0 iff no wrong node can stop the rule (level -inf);
+        # right from the smallest theta above its level on.
+        lam = np.nextafter(a[finite], np.inf)
+        return ~np.isfinite(a), lam, finite, np.ones(finite.size, dtype=np.int64)
 
 
 class LeafGT(_ThresholdRule):

@@ -287,8 +287,37 @@ def test_single_child_nodes_are_named_by_their_child():
     probs = np.array([[0.98, 0.01, 0.01], [0.01, 0.5, 0.49]])
     rule_answers = clf.rule().predict(probs, accuracy=0.8)
     preds = clf.predict_from_probs(probs, accuracy=0.8)
-    assert rule_answers[0] == "feet" and preds[0].node.name == "shoes"  # same leaves, the precise name
+    # Rules and facade agree: same leaves, the precise name.
+    assert rule_answers[0] == "shoes" and preds[0].node.name == "shoes"
     node_p = clf.node_proba(probs)
     for i, (pred, answer) in enumerate(zip(preds, rule_answers)):
         assert pred.node.leaves == tax.leaves_under(answer)
         assert pred.probability == pytest.approx(node_p[i, tax.node_index(answer)])
+
+
+def test_leaf_at_target_and_answer_path_agree_with_predict(fitted):
+    p, _ = synthetic_split(TAX, 60, seed=3)
+    targets = [0.3, 0.6, 0.8, 0.9, 0.95, 0.99, 1.0]
+    with_path = fitted.predict_from_probs(p, accuracy=0.9, path_over_targets=True)
+    plain = fitted.predict_from_probs(p, accuracy=0.9)
+    columns = fitted.rule().predict(p, accuracy=targets)
+    for i, (pred, bare) in enumerate(zip(with_path, plain)):
+        assert bare.answer_path is None and bare.leaf_at_target == pred.leaf_at_target
+        path = pred.answer_path
+        assert path[-1][0] == 1.0 and path[-1][1].name == TAX.root
+        assert all(a < b for (a, _), (b, _) in zip(path, path[1:]))
+        for j, t in enumerate(targets):
+            answer = next(node for mt, node in path if t <= mt)
+            assert answer.name == columns[i, j]
+        assert pred.node.name == next(node for mt, node in path if 0.9 <= mt).name
+        # leaf_at_target: the answer is a leaf exactly up to it.
+        if pred.leaf_at_target is None:
+            assert not path[0][1].is_leaf
+        else:
+            assert path[0][1].is_leaf and path[0][0] == pred.leaf_at_target
+            assert path[0][1] == pred.leaf
+        assert pred.node.is_leaf == (pred.leaf_at_target is not None and 0.9 <= pred.leaf_at_target)
+    record = with_path[0].to_dict()
+    assert "leaf_at_target" in record and "leaf_at_target" in plain[0].to_dict()
+    assert "answer_path" not in plain[0].to_dict()
+    assert record["answer_path"][-1] == {"max_target": 1.0, "node": TAX.root, "name": TAX.root}

@@ -74,12 +74,12 @@ def test_dag_node_probability_counts_each_leaf_once():
     rule = Darts(t)
     p = np.array([[0.5, 0.25, 0.25]])  # x, y, z
     # r = log2 3 - log2 |leaves|: x,y,z 1.585, m 1.585 (one leaf), P,Q 0.585
-    # l=0 ties x and m (same leaf set, same score): m is the ancestor, and the
-    # more general node on equal probability, so it wins.
-    assert rule.decide(p, 0.0).tolist() == ["m"]
+    # l=0 ties x and m (same leaf set, same score); m has the single child x,
+    # so the answer users see is x.
+    assert rule.decide(p, 0.0).tolist() == ["x"]
     # m vs P (0.75): (1.585+l)0.5 = (0.585+l)0.75 -> l = (0.7925-0.4387)/0.25
     lam = (LOG3 * 0.5 - (LOG3 - 1) * 0.75) / 0.25
-    assert rule.decide(p, lam * 0.99).tolist() == ["m"]
+    assert rule.decide(p, lam * 0.99).tolist() == ["x"]
     assert rule.decide(p, lam * 1.01).tolist() in (["P"], ["Q"])
     assert rule.decide(p, lam * 1.01).tolist() == ["P"]  # equal p: lower node index
 
@@ -371,3 +371,108 @@ def test_pac_guarantee_holds_statistically():
     assert fails["pac"] / draws <= delta + 0.03
     # The calibration-only criterion fails far more often: the test can fail.
     assert fails["expected"] / draws > 0.25
+
+
+# ----------------------------------------------------------------- ties and many targets
+
+
+def test_tied_breakpoints_calibrate_exactly():
+    # Two breakpoints equal mathematically (2.5 - log2 3) differ by 2 ulp.
+    tax = Taxonomy.from_edges(
+        [("R", "n0"), ("R", "n1"), ("n0", "l0"), ("n1", "l1"), ("n0", "l2")], leaves=["l0", "l1", "l2"]
+    )
+    P = np.array([[0.25, 0.375, 0.375], [0.4, 0.0, 0.6], [1.0, 0.0, 0.0]])
+    y = np.array([1, 0, 2])
+    rule = Darts(tax, guarantee="expected").fit(P, y)
+    assert tax.is_correct(rule.predict(P, accuracy=2 / 3), y).mean() >= 2 / 3
+    assert rule.lambda_for(2 / 3) == pytest.approx(0.9749, abs=1e-4)
+    # The step function has no spurious segment between the two tied events.
+    lam = rule.calibration_curve()["lambda"]
+    assert np.all(np.diff(lam) > 1e-9 * lam[1:])
+
+
+tied_posteriors = st.builds(
+    lambda seed, n, extra, grid: (seed, random_taxonomy(np.random.default_rng(seed), n, extra), grid),
+    st.integers(0, 2**32 - 1),
+    st.integers(2, 8),
+    st.integers(0, 3),
+    st.sampled_from([2, 3, 4, 8, 10]),
+)
+
+
+def grid_sample(rng, n, n_leaves, grid):
+    """Posteriors on a grid (vote fractions of a forest of ``grid`` trees): many exact ties."""
+    votes = rng.multinomial(grid, rng.dirichlet(np.full(n_leaves, 0.5)), size=n)
+    return votes / grid, rng.integers(0, n_leaves, n)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tied_posteriors, st.floats(0.05, 1.0), st.sampled_from(["expected", "pac"]))
+def test_decide_at_calibrated_lambda_meets_target_on_calibration_data(seeded, target, guarantee):
+    seed, tax, grid = seeded
+    rng = np.random.default_rng(seed)
+    probs, labels = grid_sample(rng, 40, tax.n_leaves, grid)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rule = Darts(tax, guarantee=guarantee).fit(probs, labels)
+        lam = rule.lambda_for(target)
+    curve = rule.calibration_curve()
+    acc = tax.is_correct(rule.decide_index(probs, lam), labels).mean()
+    if math.isfinite(lam):
+        # The decisions at a segment start are exactly what calibration counted.
+        j = int(np.searchsorted(curve["lambda"], lam))
+        assert curve["lambda"][j] == lam
+        assert acc == curve["accuracy"][j]
+    if guarantee == "expected":
+        assert acc >= target
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tied_posteriors, st.sampled_from([Darts, Climbing, LeafGT, FlatClassifier]))
+def test_many_targets_are_the_columns_of_single_targets(seeded, cls):
+    seed, tax, grid = seeded
+    rng = np.random.default_rng(seed)
+    probs, labels = grid_sample(rng, 50, tax.n_leaves, grid)
+    targets = [0.2, 0.5, 0.7, 0.9, 0.97, 1.0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rule = cls(tax, guarantee="expected").fit(probs, labels)
+        many = rule.predict_index(probs, accuracy=targets)
+        assert many.shape == (len(probs), len(targets))
+        for j, t in enumerate(targets):
+            np.testing.assert_array_equal(many[:, j], rule.predict_index(probs, accuracy=t))
+        assert rule.predict(probs, accuracy=np.array(targets)).shape == many.shape
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(taxonomies, st.sampled_from(["expected", "pac"]))
+def test_answer_paths_give_predict_at_every_target(seeded, guarantee):
+    seed, tax = seeded
+    rng = np.random.default_rng(seed)
+    probs, labels = calibrated_sample(rng, 80, tax.n_leaves, 0.5)
+    rule = Darts(tax, guarantee=guarantee).fit(probs, labels)
+    indptr, mt, node = rule.answer_paths(probs[:30])
+    targets = np.r_[rng.uniform(0.01, 1.0, 20), np.unique(mt[mt < 1]), 1.0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cols = rule.predict_index(probs[:30], accuracy=targets)
+    root = tax.node_index(tax.root)
+    for i in range(30):
+        steps_t, steps_v = mt[indptr[i] : indptr[i + 1]], node[indptr[i] : indptr[i + 1]]
+        assert steps_t[-1] == 1.0 and steps_v[-1] == root
+        assert np.all(np.diff(steps_t) > 0) and np.all(steps_v[1:] != steps_v[:-1])
+        for j, t in enumerate(targets):
+            assert steps_v[np.argmax(t <= steps_t)] == cols[i, j]
+    leaf_at = rule.leaf_at_target(probs[:30])
+    is_leaf = np.isin(node[indptr[:-1]], tax.node_index(list(tax.leaves)))
+    np.testing.assert_array_equal(np.isnan(leaf_at), ~is_leaf)
+
+
+def test_one_warning_for_many_failing_targets(tree4):
+    rng = np.random.default_rng(0)
+    probs, labels = calibrated_sample(rng, 10, 4, 0.5)
+    rule = Darts(tree4, guarantee="pac").fit(probs, labels)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rule.predict_index(probs, accuracy=np.linspace(0.8, 0.99, 50))
+    assert len(caught) == 1 and "and 47 more" in str(caught[0].message)

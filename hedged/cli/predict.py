@@ -34,7 +34,8 @@ and glob patterns (quote them: 'photos/**/*.jpg').
 output: one block per image, or with --json one JSON object per line
 (JSON Lines) with keys image, node, name, path, depth, probability, info_gain,
 leaves, labels, leaf_guess, leaf_guess_name, leaf_probability,
-accuracy_target, guarantee, guarantee_holds. An image that cannot be read
+accuracy_target, guarantee, guarantee_holds, leaf_at_target (the largest
+target at which the answer would be the leaf guess; null if none). An image that cannot be read
 gives {"image": ..., "error": ...}; the others are still classified.
 
 exit status: 0 all images classified; 1 at least one input could not be read
