@@ -31,6 +31,7 @@ SCHEMA = {
     "accuracy_target": float,
     "guarantee": str,
     "guarantee_holds": bool,
+    "leaf_at_target": (float, type(None)),
 }
 
 
@@ -83,6 +84,7 @@ def test_json_schema_and_values(capsys, bundle, folder):
         assert row["leaves"] == ["animal.cat", "animal.dog"] and row["labels"] == ["Cat", "Dog"]
         assert row["leaf_guess"] == "animal.cat"
         assert row["probability"] > 0.999 and 0.49 < row["leaf_probability"] < 0.5
+        assert row["leaf_at_target"] is None or row["leaf_at_target"] < 0.9  # the answer is no leaf
         assert (row["accuracy_target"], row["guarantee"], row["guarantee_holds"]) == (0.9, "expected", True)
     assert rows[0]["image"].endswith("img0.jpg") and rows[1]["image"].endswith("img1.png")
 
