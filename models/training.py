@@ -93,6 +93,24 @@ class TrainConfig:
     device: str = "cpu"
     workers: int = 1
     half: bool = True
+    # --- full fine-tuning (hedged.models.finetune); the fields above that still apply:
+    # epochs, batch_size, lr (of the top layer), weight_decay, label_smoothing,
+    # class_weight_power, contributor_power, mixup, dropout, patience, max_rotation
+    full_finetune: bool = False
+    init_bundle: str | None = None  # start from this bundle's weights (same arch and leaves)
+    layer_decay: float = 0.85  # lr of depth i = lr * layer_decay^(top - i)
+    warmup_epochs: float = 1.0
+    train_size: int | None = None  # input side of all but the last final_epochs epochs; None: image_size
+    final_epochs: int = 1
+    cutmix: float = 0.0  # Beta(a, a) CutMix; with mixup > 0 each batch uses one of the two
+    erasing: float = 0.25  # RandomErasing probability
+    trivial_augment: bool = True
+    ema_halflife: float = 1.0  # epochs; 0 = no EMA
+    hierarchy_beta: float | None = None  # soft targets ~ exp(-beta * LCA height); None: one-hot
+    checkpoint_dir: str | None = None
+    resume: str | None = None
+    log_file: str | None = None
+    log_every: int = 10  # steps between progress lines
     progress: bool = True
     log: object = field(default=print, repr=False)
 
@@ -343,6 +361,135 @@ def _scores(view_logits, y, angles_idx, t):
     return {"accuracy": accuracy(p, y), "nll": nll(p, y), "ece": expected_calibration_error(p, y)}, p
 
 
+def _train_cached(cfg, model, front, shape, cut, preprocess, data, split, ids, ys, taxonomy, log):
+    """The cached-front recipe: cache the frozen front's maps, train the tail on them."""
+    def loader(ds):
+        return DataLoader(ds, batch_size=8, shuffle=False, num_workers=cfg.workers,
+                          persistent_workers=False, prefetch_factor=4 if cfg.workers else None)
+
+    feats = {}
+    t_cache = time.perf_counter()
+    with _progress(cfg.progress) as bar:
+        tr = split["train"]
+        key = _cache_key(cfg, preprocess, cut, "train", ids["train"])
+        feats["train"] = _cached(cfg, key, lambda: _cache(
+            front, loader(_Views(data.paths[tr], preprocess, cfg.aug_views, cfg.max_rotation, cfg.seed)),
+            len(tr) * cfg.aug_views, shape, bar, f"caching train views x{cfg.aug_views}",
+        ).reshape(len(tr), cfg.aug_views, *shape))
+        # validation drives early stopping, unrotated; the reported posteriors of every
+        # evaluation split come from the finished model below, not from this cache
+        va = split["validation"]
+        key = _cache_key(cfg, preprocess, cut, "validation(0.0,)", ids["validation"])
+        feats["validation"] = _cached(cfg, key, lambda: _cache(
+            front, loader(_Plain(data.paths[va], preprocess)), len(va), shape, bar,
+            "caching validation", angles=(0.0,)))
+    t_cache = time.perf_counter() - t_cache
+    log(f"feature cache ready in {t_cache:.0f}s (maps {shape}, block {cut})")
+
+    # only the tail learns; everything before the cut is fixed by construction
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in [*model._blocks[cut:].parameters(), *model._conv_head.parameters(), *model._bn1.parameters(),
+              *model._fc.parameters()]:
+        p.requires_grad_(True)
+    if cfg.dropout is not None:
+        model._dropout.p = cfg.dropout
+    tail = Tail(model, cut)
+    t_fit = time.perf_counter()
+    with _progress(cfg.progress) as bar:
+        history, best_epoch = _fit_tail(cfg, tail, feats["train"], ys["train"], feats["validation"],
+                                        ys["validation"], taxonomy.n_leaves, bar, groups=data.groups[split["train"]])
+    t_fit = time.perf_counter() - t_fit
+    model.eval()
+    fp16_check = None
+    if cfg.half:
+        # evaluate exactly what is shipped: fp16-rounded weights; record what the cast changed
+        before = _tail_logits(tail, feats["validation"])[:, 0]
+        for k, v in model.state_dict().items():
+            if v.is_floating_point():
+                v.copy_(v.half().float())
+        after = _tail_logits(tail, feats["validation"])[:, 0]
+        fp16_check = {
+            "validation_top1_fp32": float(np.mean(before.argmax(1) == ys["validation"])),
+            "validation_top1_fp16": float(np.mean(after.argmax(1) == ys["validation"])),
+            "max_abs_logit_change": float(np.abs(before - after).max()),
+        }
+        log(f"fp16 weights: validation top-1 {fp16_check['validation_top1_fp32']:.4f} -> "
+            f"{fp16_check['validation_top1_fp16']:.4f}, max logit change {fp16_check['max_abs_logit_change']:.4f}")
+
+    return history, best_epoch, fp16_check, t_cache, t_fit
+
+
+def _train_full(cfg, model, preprocess, data, split, ys, taxonomy, log):
+    """Every block trains on fresh augmentation each epoch (:mod:`hedged.models.finetune`)."""
+    from hedged.models.finetune import fit_full, logits_of, decode_all, soft_target_matrix
+
+    if cfg.init_bundle:
+        _init_from_bundle(model, cfg.init_bundle, cfg.arch, taxonomy, log)
+    if cfg.dropout is not None:
+        model._dropout.p = cfg.dropout
+    targets = soft_target_matrix(taxonomy, label_smoothing=cfg.label_smoothing, hierarchy_beta=cfg.hierarchy_beta)
+    tr, va = split["train"], split["validation"]
+    t_fit = time.perf_counter()
+    history, best = fit_full(cfg, model, data.paths[tr], ys["train"], data.groups[tr], data.paths[va],
+                             ys["validation"], targets, preprocess, log, _config_dict(cfg))
+    t_fit = time.perf_counter() - t_fit
+    model.eval()
+    fp16_check = None
+    if cfg.half:
+        pixels = decode_all(data.paths[va], preprocess, workers=cfg.workers)
+        before = logits_of(model, pixels, preprocess)
+        with torch.no_grad():
+            for v in model.state_dict().values():
+                if v.is_floating_point():
+                    v.copy_(v.half().float())
+        after = logits_of(model, pixels, preprocess)
+        fp16_check = {
+            "validation_top1_fp32": float(np.mean(before.argmax(1) == ys["validation"])),
+            "validation_top1_fp16": float(np.mean(after.argmax(1) == ys["validation"])),
+            "max_abs_logit_change": float(np.abs(before - after).max()),
+        }
+        log(f"fp16 weights: validation top-1 {fp16_check['validation_top1_fp32']:.4f} -> "
+            f"{fp16_check['validation_top1_fp16']:.4f}, max logit change {fp16_check['max_abs_logit_change']:.4f}")
+    return history, best["epoch"], fp16_check, 0.0, t_fit
+
+
+def _init_from_bundle(model, path, arch, taxonomy, log):
+    """Start from a bundle's weights (same architecture and leaves), e.g. the cached-front model."""
+    from hedged.models.bundle import load_bundle
+
+    b = load_bundle(path)
+    if b.arch != arch:
+        raise ValueError(f"--init-bundle {path} is a {b.arch}, not a {arch}")
+    if tuple(b.taxonomy.leaves) != tuple(taxonomy.leaves):
+        raise ValueError(f"--init-bundle {path} has other leaves than {taxonomy.root!r}'s taxonomy")
+    device = next(model.parameters()).device
+    model.load_state_dict({k: v.float() for k, v in b.model.state_dict().items()})
+    model.to(device)
+    log(f"initialised from the bundle {path}")
+
+
+def _config_dict(cfg) -> dict:
+    """The config as plain values (checkpoints and provenance)."""
+    d = {k: v for k, v in asdict(cfg).items() if k != "log"}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+class _FileLog:
+    """``log(msg)``: print (unless quiet) and append a timestamped line to a file, flushed at once."""
+
+    def __init__(self, path, echo):
+        self.path, self.echo = Path(path), echo
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, msg):
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(f"{stamp} UTC  {msg}\n")
+        if self.echo is not None:
+            self.echo(msg)
+
+
 def train(cfg: TrainConfig) -> dict:
     """Fine-tune, calibrate and write a model bundle; returns a summary dict.
 
@@ -356,6 +503,8 @@ def train(cfg: TrainConfig) -> dict:
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     log = cfg.log
+    if cfg.log_file:
+        log = cfg.log = _FileLog(cfg.log_file, cfg.log)
     fractions = check_fractions(cfg.fractions)
 
     taxonomy = Taxonomy.from_yaml(cfg.taxonomy)
@@ -401,62 +550,14 @@ def train(cfg: TrainConfig) -> dict:
     if 0.0 not in all_angles:
         all_angles = (0.0, *all_angles)
 
-    def loader(ds):
-        return DataLoader(ds, batch_size=8, shuffle=False, num_workers=cfg.workers,
-                          persistent_workers=False, prefetch_factor=4 if cfg.workers else None)
-
     ids = {name: data.ids[idx] for name, idx in split.items()}
-    feats = {}
-    t_cache = time.perf_counter()
-    with _progress(cfg.progress) as bar:
-        tr = split["train"]
-        key = _cache_key(cfg, preprocess, cut, "train", ids["train"])
-        feats["train"] = _cached(cfg, key, lambda: _cache(
-            front, loader(_Views(data.paths[tr], preprocess, cfg.aug_views, cfg.max_rotation, cfg.seed)),
-            len(tr) * cfg.aug_views, shape, bar, f"caching train views x{cfg.aug_views}",
-        ).reshape(len(tr), cfg.aug_views, *shape))
-        # validation drives early stopping, unrotated; the reported posteriors of every
-        # evaluation split come from the finished model below, not from this cache
-        va = split["validation"]
-        key = _cache_key(cfg, preprocess, cut, "validation(0.0,)", ids["validation"])
-        feats["validation"] = _cached(cfg, key, lambda: _cache(
-            front, loader(_Plain(data.paths[va], preprocess)), len(va), shape, bar,
-            "caching validation", angles=(0.0,)))
-    t_cache = time.perf_counter() - t_cache
-    log(f"feature cache ready in {t_cache:.0f}s (maps {shape}, block {cut})")
-
-    # only the tail learns; everything before the cut is fixed by construction
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in [*model._blocks[cut:].parameters(), *model._conv_head.parameters(), *model._bn1.parameters(),
-              *model._fc.parameters()]:
-        p.requires_grad_(True)
-    if cfg.dropout is not None:
-        model._dropout.p = cfg.dropout
-    tail = Tail(model, cut)
     ys = {name: y_all[idx] for name, idx in split.items()}
-    t_fit = time.perf_counter()
-    with _progress(cfg.progress) as bar:
-        history, best_epoch = _fit_tail(cfg, tail, feats["train"], ys["train"], feats["validation"],
-                                        ys["validation"], taxonomy.n_leaves, bar, groups=data.groups[split["train"]])
-    t_fit = time.perf_counter() - t_fit
-    model.eval()
-    fp16_check = None
-    if cfg.half:
-        # evaluate exactly what is shipped: fp16-rounded weights; record what the cast changed
-        before = _tail_logits(tail, feats["validation"])[:, 0]
-        for k, v in model.state_dict().items():
-            if v.is_floating_point():
-                v.copy_(v.half().float())
-        after = _tail_logits(tail, feats["validation"])[:, 0]
-        fp16_check = {
-            "validation_top1_fp32": float(np.mean(before.argmax(1) == ys["validation"])),
-            "validation_top1_fp16": float(np.mean(after.argmax(1) == ys["validation"])),
-            "max_abs_logit_change": float(np.abs(before - after).max()),
-        }
-        log(f"fp16 weights: validation top-1 {fp16_check['validation_top1_fp32']:.4f} -> "
-            f"{fp16_check['validation_top1_fp16']:.4f}, max logit change {fp16_check['max_abs_logit_change']:.4f}")
-
+    if cfg.full_finetune:
+        history, best_epoch, fp16_check, t_cache, t_fit = _train_full(cfg, model, preprocess, data, split, ys,
+                                                                      taxonomy, log)
+    else:
+        history, best_epoch, fp16_check, t_cache, t_fit = _train_cached(cfg, model, front, shape, cut, preprocess,
+                                                                        data, split, ids, ys, taxonomy, log)
     # Every reported posterior comes from the finished model run exactly as prediction
     # runs it (decoding, preprocessing, rotated views), not from the fp16 feature cache:
     # the bundle's calibration posteriors are then the ones predict.py will produce.
@@ -504,7 +605,7 @@ def train(cfg: TrainConfig) -> dict:
         "fp16_check": fp16_check,
         "seconds": {"total": elapsed, "cache": t_cache, "fit": t_fit, "evaluate": t_eval},
     }
-    cfg_dict = {k: v for k, v in asdict(cfg).items() if k != "log"}
+    cfg_dict = _config_dict(cfg)
     provenance = {
         "data": str(Path(cfg.data).resolve()),
         "source": data.source,

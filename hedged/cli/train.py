@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from hedged.cli._common import positive_int
 
@@ -105,6 +106,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=positive_int, default=d.threads, help="torch threads (default: %(default)s)")
     p.add_argument("--device", type=_device, default=d.device, help="torch device for caching, training and scoring, e.g. cuda (default: %(default)s)")
     p.add_argument("--workers", type=int, default=d.workers, help="image-decoding worker processes (default: %(default)s)")
+    g = p.add_argument_group("full fine-tuning (--full-finetune): every block trains on fresh augmentation each epoch")
+    g.add_argument("--full-finetune", action="store_true",
+                   help="train every block on freshly augmented photos (TrivialAugment, rotations, random erasing, "
+                        "MixUp/CutMix), AdamW + warm-up + cosine, layer-wise lr decay, EMA; no feature cache")
+    g.add_argument("--init-bundle", default=None, help="start from this bundle's weights (same arch and taxonomy)")
+    g.add_argument("--layer-decay", type=float, default=d.layer_decay, help="lr of depth i = lr * decay^(top - i) (default: %(default)s)")
+    g.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs, help="linear warm-up length (default: %(default)s)")
+    g.add_argument("--train-size", type=positive_int, default=None, help="input side of the early epochs (progressive resolution; default: --image-size)")
+    g.add_argument("--final-epochs", type=int, default=d.final_epochs, help="last epochs at --image-size when --train-size is set (default: %(default)s)")
+    g.add_argument("--cutmix", type=float, default=d.cutmix, help="Beta(a, a) CutMix; with --mixup each batch picks one (default: %(default)s = off)")
+    g.add_argument("--erasing", type=float, default=d.erasing, help="RandomErasing probability (default: %(default)s)")
+    g.add_argument("--no-trivial-augment", dest="trivial_augment", action="store_false", help="no TrivialAugmentWide")
+    g.add_argument("--ema-halflife", type=float, default=d.ema_halflife, help="EMA half-life in epochs, 0 = off (default: %(default)s)")
+    g.add_argument("--hierarchy-beta", type=float, default=None,
+                   help="hierarchy-aware soft targets ~ exp(-beta * LCA height) (Bertinetto et al. 2020); default: off")
+    g.add_argument("--checkpoint-dir", default=None, help="checkpoint after every epoch here (default: OUT.checkpoints)")
+    g.add_argument("--resume", default=None, help="continue from a checkpoint (file or checkpoint directory)")
+    g.add_argument("--log-file", default=None,
+                   help="append progress and metrics here (default when stdout is not a terminal: CHECKPOINT_DIR/train.log or OUT.log)")
+    g.add_argument("--log-every", type=int, default=d.log_every, help="optimiser steps between progress lines (default: %(default)s)")
     p.add_argument("--fp32", action="store_true", help="store fp32 weights (default: fp16, checked to keep accuracy)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -122,7 +143,17 @@ def _run(args) -> int:
     from hedged.taxonomy import TaxonomyError
 
     kw = {k: v for k, v in vars(args).items() if k not in ("fp32", "quiet")}
-    cfg = TrainConfig(**kw, half=not args.fp32, progress=not args.quiet)
+    if args.resume and not args.full_finetune:
+        print("error: --resume needs --full-finetune (the cached recipe keeps its feature cache instead)", file=sys.stderr)
+        return 2
+    if args.full_finetune and kw["checkpoint_dir"] is None:
+        kw["checkpoint_dir"] = args.out.rstrip("/") + ".checkpoints"
+    interactive = sys.stdout.isatty()
+    if kw["log_file"] is None and not interactive:
+        # a background run (nohup, a pipe): keep a log that survives the shell
+        kw["log_file"] = (str(Path(kw["checkpoint_dir"]) / "train.log") if kw["checkpoint_dir"]
+                          else args.out.rstrip("/") + ".log")
+    cfg = TrainConfig(**kw, half=not args.fp32, progress=not args.quiet and interactive)
     try:
         result = train(cfg)
     except (DatasetError, TaxonomyError, ValueError, FileNotFoundError) as err:
