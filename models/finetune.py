@@ -398,7 +398,7 @@ def check_resumable(saved: dict, current: dict) -> None:
 
 
 def fit_full(cfg, model: nn.Module, train_paths, y_train, train_groups, val_paths, y_val, targets: np.ndarray,
-             preprocess: Preprocess, log, config_dict: dict) -> tuple[list, int]:
+             preprocess: Preprocess, log, config_dict: dict) -> tuple[list, dict, np.ndarray | None]:
     """Fine-tune ``model`` in place; leave it holding the best weights by validation.
 
     Parameters
@@ -419,7 +419,10 @@ def fit_full(cfg, model: nn.Module, train_paths, y_train, train_groups, val_path
     history : list of dict
         Per epoch: train loss, size, seconds, validation top-1 / NLL (T = 1 and fitted)
         of the model and of its EMA.
-    best_epoch : int
+    best : dict
+        ``epoch``, ``which`` (``"model"`` or ``"ema"``) and ``score`` of the kept weights.
+    best_logits : np.ndarray or None
+        Their validation logits (fp32, unrotated) when computed in this session.
     """
     from hedged.models.training import sample_weights
 
@@ -456,7 +459,7 @@ def fit_full(cfg, model: nn.Module, train_paths, y_train, train_groups, val_path
         ckpt_dir.mkdir(parents=True, exist_ok=True)
     history: list[dict] = []
     best = {"epoch": 0, "which": None, "score": math.inf}
-    best_state = None
+    best_state = best_logits = None
     start = 0
     if cfg.resume:
         ckpt = load_checkpoint(cfg.resume)
@@ -527,6 +530,7 @@ def fit_full(cfg, model: nn.Module, train_paths, y_train, train_groups, val_path
             if row[f"{which}_val_nll_ts"] < best["score"]:
                 best = {"epoch": epoch + 1, "which": which, "score": row[f"{which}_val_nll_ts"]}
                 best_state = copy.deepcopy({k: v.detach().cpu() for k, v in net.state_dict().items()})
+                best_logits = lg
                 if ckpt_dir is not None:
                     _atomic_save(best_state, ckpt_dir / BEST)
         row["seconds"] = time.perf_counter() - t0
@@ -542,4 +546,4 @@ def fit_full(cfg, model: nn.Module, train_paths, y_train, train_groups, val_path
     if best_state is not None:
         model.load_state_dict(best_state)
         log(f"selected epoch {best['epoch']} ({best['which']}) by validation NLL {best['score']:.4f}")
-    return history, best
+    return history, best, best_logits

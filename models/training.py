@@ -431,26 +431,20 @@ def _train_full(cfg, model, preprocess, data, split, ys, taxonomy, log):
     targets = soft_target_matrix(taxonomy, label_smoothing=cfg.label_smoothing, hierarchy_beta=cfg.hierarchy_beta)
     tr, va = split["train"], split["validation"]
     t_fit = time.perf_counter()
-    history, best = fit_full(cfg, model, data.paths[tr], ys["train"], data.groups[tr], data.paths[va],
-                             ys["validation"], targets, preprocess, log, _config_dict(cfg))
+    history, best, before = fit_full(cfg, model, data.paths[tr], ys["train"], data.groups[tr], data.paths[va],
+                                     ys["validation"], targets, preprocess, log, _config_dict(cfg))
     t_fit = time.perf_counter() - t_fit
     model.eval()
     fp16_check = None
     if cfg.half:
-        pixels = decode_all(data.paths[va], preprocess, workers=cfg.workers)
-        before = logits_of(model, pixels, preprocess)
+        if before is None:  # the best epoch was scored before a --resume
+            before = logits_of(model, decode_all(data.paths[va], preprocess, workers=cfg.workers), preprocess)
         with torch.no_grad():
             for v in model.state_dict().values():
                 if v.is_floating_point():
                     v.copy_(v.half().float())
-        after = logits_of(model, pixels, preprocess)
-        fp16_check = {
-            "validation_top1_fp32": float(np.mean(before.argmax(1) == ys["validation"])),
-            "validation_top1_fp16": float(np.mean(after.argmax(1) == ys["validation"])),
-            "max_abs_logit_change": float(np.abs(before - after).max()),
-        }
-        log(f"fp16 weights: validation top-1 {fp16_check['validation_top1_fp32']:.4f} -> "
-            f"{fp16_check['validation_top1_fp16']:.4f}, max logit change {fp16_check['max_abs_logit_change']:.4f}")
+        # the "after" side is the validation scoring train() runs next (angle 0): one pass saved
+        fp16_check = {"before": before}
     return history, best["epoch"], fp16_check, 0.0, t_fit
 
 
@@ -569,6 +563,15 @@ def train(cfg: TrainConfig) -> dict:
                                       progress=cfg.progress)
     t_eval = time.perf_counter() - t_eval
     pos = {a: i for i, a in enumerate(all_angles)}
+    if isinstance(fp16_check, dict) and "before" in fp16_check:
+        before, after = fp16_check["before"], logits["validation"][:, pos[0.0]]
+        fp16_check = {
+            "validation_top1_fp32": float(np.mean(before.argmax(1) == ys["validation"])),
+            "validation_top1_fp16": float(np.mean(after.argmax(1) == ys["validation"])),
+            "max_abs_logit_change": float(np.abs(before - after).max()),
+        }
+        log(f"fp16 weights: validation top-1 {fp16_check['validation_top1_fp32']:.4f} -> "
+            f"{fp16_check['validation_top1_fp16']:.4f}, max logit change {fp16_check['max_abs_logit_change']:.4f}")
 
     # TTA set and temperature: chosen on validation only
     tta_table = []
@@ -594,12 +597,17 @@ def train(cfg: TrainConfig) -> dict:
     _, cal_probs = _scores(logits["calibration"], ys["calibration"], ai, temperature)
     _, test_probs = _scores(logits["test"], ys["test"], ai, temperature)
 
+    _, val_probs = _scores(logits["validation"], ys["validation"], ai, temperature)
+    # validation numbers, for choosing between bundles without looking at test
+    hedging_val = _darts_report(taxonomy, cal_probs, ys["calibration"], val_probs, ys["validation"], log,
+                                split="validation")
     hedging = _darts_report(taxonomy, cal_probs, ys["calibration"], test_probs, ys["test"], log)
     elapsed = time.perf_counter() - t0
     metrics = {
         "test": test_report,
         "tta_candidates_validation": tta_table,
         "darts": hedging,
+        "darts_validation": hedging_val,
         "history": history,
         "best_epoch": best_epoch,
         "fp16_check": fp16_check,
@@ -633,7 +641,7 @@ def train(cfg: TrainConfig) -> dict:
             "split": split, "data": data, "labels": y_all}
 
 
-def _darts_report(taxonomy, cal_probs, cal_y, test_probs, test_y, log, target: float = 0.95):
+def _darts_report(taxonomy, cal_probs, cal_y, test_probs, test_y, log, target: float = 0.95, split: str = "test"):
     try:
         from hedged.hedging import Darts
         from hedged.hedging.metrics import hierarchical_accuracy, information_gain, leaf_share
@@ -650,7 +658,7 @@ def _darts_report(taxonomy, cal_probs, cal_y, test_probs, test_y, log, target: f
             "mean_normalised_info_gain": float(information_gain(taxonomy, pred, test_y, normalize=True).mean()),
             "leaf_share": float(leaf_share(taxonomy, pred)),
         }
-        log(f"DARTS @ {target}: test accuracy {out['accuracy']:.4f}, info gain {out['mean_normalised_info_gain']:.4f}, "
+        log(f"DARTS @ {target}: {split} accuracy {out['accuracy']:.4f}, info gain {out['mean_normalised_info_gain']:.4f}, "
             f"leaf share {out['leaf_share']:.3f}")
         return out
     except Exception as err:  # noqa: BLE001 - the report is optional; training must still produce a bundle
