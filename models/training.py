@@ -425,7 +425,8 @@ def _train_full(cfg, model, preprocess, data, split, ys, taxonomy, log):
     from hedged.models.finetune import fit_full, logits_of, decode_all, soft_target_matrix
 
     if cfg.init_bundle:
-        _init_from_bundle(model, cfg.init_bundle, cfg.arch, taxonomy, log)
+        held_out = [i for name in SPLITS[1:] for i in data.ids[split[name]].tolist()]
+        _init_from_bundle(model, cfg.init_bundle, cfg.arch, taxonomy, log, held_out)
     if cfg.dropout is not None:
         model._dropout.p = cfg.dropout
     targets = soft_target_matrix(taxonomy, label_smoothing=cfg.label_smoothing, hierarchy_beta=cfg.hierarchy_beta)
@@ -448,8 +449,13 @@ def _train_full(cfg, model, preprocess, data, split, ys, taxonomy, log):
     return history, best["epoch"], fp16_check, 0.0, t_fit
 
 
-def _init_from_bundle(model, path, arch, taxonomy, log):
-    """Start from a bundle's weights (same architecture and leaves), e.g. the cached-front model."""
+def _init_from_bundle(model, path, arch, taxonomy, log, held_out=()):
+    """Start from a bundle's weights (same architecture and leaves), e.g. the cached-front model.
+
+    The bundle must not have trained on any of ``held_out`` (this run's validation,
+    calibration and test ids): its weights would carry those photos' labels into the
+    selection and calibration.
+    """
     from hedged.models.bundle import load_bundle
 
     b = load_bundle(path)
@@ -457,6 +463,12 @@ def _init_from_bundle(model, path, arch, taxonomy, log):
         raise ValueError(f"--init-bundle {path} is a {b.arch}, not a {arch}")
     if tuple(b.taxonomy.leaves) != tuple(taxonomy.leaves):
         raise ValueError(f"--init-bundle {path} has other leaves than {taxonomy.root!r}'s taxonomy")
+    if b.split is None or "train" not in b.split:
+        raise ValueError(f"--init-bundle {path} records no training split; cannot check it never saw held-out photos")
+    leaked = set(map(str, b.split["train"])) & set(map(str, held_out))
+    if leaked:
+        raise ValueError(f"--init-bundle {path} was trained on {len(leaked)} photos of this run's "
+                         "validation/calibration/test splits")
     device = next(model.parameters()).device
     model.load_state_dict({k: v.float() for k, v in b.model.state_dict().items()})
     model.to(device)
