@@ -669,9 +669,11 @@ def _darts_report(taxonomy, cal_probs, cal_y, test_probs, test_y, log, target: f
             # correct answers score their normalised reward, wrong ones 0 (Deng et al.)
             "mean_normalised_info_gain": float(information_gain(taxonomy, pred, test_y, normalize=True).mean()),
             "leaf_share": float(leaf_share(taxonomy, pred)),
+            # the issue-12 goal: at most 5 % of answers may be the uninformative root
+            "root_share": float(np.mean(np.asarray(pred) == taxonomy.root)),
         }
         log(f"DARTS @ {target}: {split} accuracy {out['accuracy']:.4f}, info gain {out['mean_normalised_info_gain']:.4f}, "
-            f"leaf share {out['leaf_share']:.3f}")
+            f"leaf share {out['leaf_share']:.3f}, root share {out['root_share']:.3f}")
         return out
     except Exception as err:  # noqa: BLE001 - the report is optional; training must still produce a bundle
         log(f"DARTS report skipped: {err}")

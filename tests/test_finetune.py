@@ -270,3 +270,20 @@ def test_cli_resume_errors_are_one_line(dataset, tmp_path, capsys):
 def test_full_finetune_on_cuda(dataset, tmp_path):
     train(_cfg(dataset, tmp_path / "g", epochs=1, device="cuda", checkpoint_dir=str(tmp_path / "cg")))
     assert load_checkpoint(tmp_path / "cg")["epoch"] == 1
+
+
+def test_init_bundle_must_not_have_seen_held_out_photos(dataset, tmp_path, capsys):
+    common = ["--data", str(dataset), "--taxonomy", str(dataset / "tax.yaml"), "--arch", "efficientnet_lite0",
+              "--image-size", "48", "--epochs", "1", "--batch-size", "8", "--tta", "0", "--workers", "0",
+              "--threads", "1", "--quiet"]
+    assert main([*common, "--out", str(tmp_path / "cached"), "--aug-views", "1"]) == 0
+    seen = []
+    # same split: the cached-front bundle is a legitimate starting point
+    train(_cfg(dataset, tmp_path / "ft", epochs=1, init_bundle=str(tmp_path / "cached"), log=seen.append,
+               checkpoint_dir=str(tmp_path / "c1")))
+    assert any(m.startswith("initialised from the bundle") for m in seen)
+    # another split seed moves photos the bundle trained on into validation/calibration/test
+    assert main([*common, "--out", str(tmp_path / "ft2"), "--full-finetune", "--split-seed", "1",
+                 "--init-bundle", str(tmp_path / "cached")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "was trained on" in err[0] and "validation/calibration/test" in err[0]
