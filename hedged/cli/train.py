@@ -159,6 +159,9 @@ def _run(args) -> int:
     except (DatasetError, TaxonomyError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    val = next(r for r in result["metrics"]["tta_candidates_validation"] if tuple(r["angles"]) == tuple(result["angles"]))
+    # validation first: it is what choices between runs may look at; test is for the report
+    print(f"validation: top-1 {val['val_accuracy']:.4f}  NLL {val['val_nll']:.4f}  ECE {val['val_ece']:.4f}")
     test = result["metrics"]["test"]["tta"]
     print(f"test: top-1 {test['after_ts']['accuracy']:.4f}  NLL {test['after_ts']['nll']:.4f}  "
           f"ECE {test['after_ts']['ece']:.4f}  (TTA {list(result['angles'])}, T={result['temperature']:.3f})")
