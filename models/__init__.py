@@ -5,7 +5,7 @@ from .preprocess import DEFAULT_MAX_PIXELS, ImageLoadError, Preprocess, load_ima
 from .registry import ARCHS, ModelSpec, ModelWeightsError, create_model, get_spec, imagenet_classes, load_state_dict
 from .bundle import DEFAULT_BUNDLE, Bundle, BundleError, load_bundle, make_tiny_bundle, save_bundle
 from .calibration import expected_calibration_error, fit_temperature
-from .inference import predict_logits, predict_probs
+from .inference import OUTPUTS, LogitsAndFeatures, predict_logits, predict_probs
 from .tta import average_view_probs, rotate_views
 from .data import DatasetError, ImageDataset, load_dataset, split_by_group
 
@@ -15,7 +15,7 @@ __all__ = [
     "ARCHS", "ModelSpec", "ModelWeightsError", "create_model", "get_spec", "imagenet_classes", "load_state_dict",
     "DEFAULT_BUNDLE", "Bundle", "BundleError", "load_bundle", "make_tiny_bundle", "save_bundle",
     "expected_calibration_error", "fit_temperature",
-    "predict_logits", "predict_probs",
+    "OUTPUTS", "LogitsAndFeatures", "predict_logits", "predict_probs",
     "average_view_probs", "rotate_views",
     "DatasetError", "ImageDataset", "load_dataset", "split_by_group",
 ]

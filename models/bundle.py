@@ -3,7 +3,9 @@
 A bundle is a directory::
 
     bundle.json       manifest: format, arch, preprocessing, TTA angles, temperature,
-                      sha256 of every other file, metrics, provenance, library versions
+                      the model's named outputs ("outputs": logits and features, see
+                      models.inference.OUTPUTS), sha256 of every other file, metrics,
+                      provenance, library versions
     weights.pt        state dict (fp16 to keep the git footprint small; loaded as fp32)
     taxonomy.yaml     the taxonomy whose leaves are the classifier's output columns
     calibration.npz   probs (n x L) and labels (n,) of the held-out calibration split,
@@ -32,6 +34,7 @@ from torch import nn
 from hedged.taxonomy import Taxonomy, TaxonomyError
 
 from hedged.models.data import sha256_file
+from hedged.models.inference import OUTPUTS
 from hedged.models.preprocess import Preprocess
 from hedged.models.registry import ARCHS, create_model
 from hedged.models.tta import check_angles
@@ -230,6 +233,7 @@ def save_bundle(
         "tta_angles": list(angles),
         "temperature": float(temperature),
         "weights_dtype": "float16" if half else "float32",
+        "outputs": dict(OUTPUTS),
         "files": {name: sha256_file(path / name) for name in files},
         "metrics": _jsonable(metrics or {}),
         "provenance": _jsonable(provenance or {}),
