@@ -3,8 +3,9 @@
 One pass per image (the bundle's TTA views), so the detector can be fitted,
 calibrated and evaluated from the cache without running the CNN again::
 
-    python bench/ood_features.py --out /work/runs/ood                 # clothing splits
-    python bench/ood_features.py --out /work/runs/ood --dirs tests/fixtures/not_clothing/fit tests/fixtures/not_clothing/eval
+    python bench/ood_features.py --out /work/runs/ood --splits calibration validation \
+        --dirs tests/fixtures/not_clothing/fit tests/fixtures/not_clothing/eval
+    python bench/ood_features.py --out /work/runs/ood --splits test unlabelled
 
 Writes ``<out>/<name>.npz`` with ``logits`` (N, k, L), ``features`` (N, k, D) and ``ids``.
 """
@@ -24,15 +25,28 @@ from hedged.models import load_bundle
 from hedged.models.inference import predict_logits
 
 
-def run(bundle, model, paths, out: Path, name: str, ids) -> None:
+def run(bundle, model, paths, out: Path, name: str, ids, angles, chunk: int = 64) -> None:
+    """Chunked, and each chunk cached, so an interrupted run resumes where it stopped."""
     dest = out / f"{name}.npz"
     if dest.exists():
         print(f"{name}: cached")
         return
     t0 = time.perf_counter()
-    images = [bundle.preprocess.load(p) for p in paths]
-    logits, feats = predict_logits(model, images, bundle.preprocess, bundle.tta_angles, return_features=True)
-    np.savez_compressed(dest, logits=logits, features=feats.astype(np.float16), ids=np.asarray(ids))
+    parts = []
+    for start in range(0, len(paths), chunk):
+        part = out / f".{name}.{start:05d}.npz"
+        if not part.exists():
+            images = [bundle.preprocess.load(p) for p in paths[start : start + chunk]]
+            logits, feats = predict_logits(model, images, bundle.preprocess, angles, return_features=True)
+            np.savez(part, logits=logits, features=feats.astype(np.float16))
+            print(f"{name}: {start + len(images)}/{len(paths)} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        with np.load(part) as z:
+            parts.append((z["logits"], z["features"]))
+    logits = np.concatenate([p[0] for p in parts])
+    feats = np.concatenate([p[1] for p in parts])
+    np.savez_compressed(dest, logits=logits, features=feats, ids=np.asarray(ids), angles=np.asarray(angles))
+    for start in range(0, len(paths), chunk):
+        (out / f".{name}.{start:05d}.npz").unlink()
     print(f"{name}: {len(paths)} images in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
@@ -43,16 +57,24 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--splits", nargs="*", default=["calibration", "test", "validation", "unlabelled"])
     ap.add_argument("--dirs", nargs="*", default=[], help="folders of non-clothing images (name = folder name)")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="1 on a busy machine: idle-spinning threads waste it")
+    ap.add_argument("--one-view", nargs="*", default=["validation", "fit"],
+                    help="sets scored without TTA (only the 0 degree view): the detector's fitting sets, where "
+                         "the calibrated threshold does not depend on the exact signal distribution")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     bundle = load_bundle(args.bundle)
     model = copy.deepcopy(bundle.model).fuse_batchnorm()
     images = Path(args.data) / "images"
+
+    def angles(name):
+        return (0.0,) if name in args.one_view else bundle.tta_angles
+
     for d in args.dirs:
         paths = sorted(p for p in Path(d).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-        run(bundle, model, paths, args.out, Path(d).name, [p.name for p in paths])
+        name = Path(d).name
+        run(bundle, model, paths, args.out, name, [p.name for p in paths], angles(name))
     rows = list(csv.DictReader(open(Path(args.data) / "images.csv")))
     for split in args.splits:
         if split == "unlabelled":  # "Other" and "Not sure": hard cases, reported, never targets
@@ -61,7 +83,7 @@ def main() -> None:
             np.save(args.out / "unlabelled_labels.npy", np.asarray(labels))
         else:
             ids = bundle.split[split]
-        run(bundle, model, [images / f"{i}.jpg" for i in ids], args.out, split, ids)
+        run(bundle, model, [images / f"{i}.jpg" for i in ids], args.out, split, ids, angles(split))
 
 
 if __name__ == "__main__":

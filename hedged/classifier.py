@@ -102,6 +102,11 @@ class HedgedClassifier:
         :meth:`predict_from_probs`.
     batch_size : int
         Images per CNN forward pass (times the number of TTA views).
+    detector : hedging.ood.InTaxonomyDetector, optional
+        Says whether an image is in the taxonomy at all (set by :meth:`from_bundle`
+        when the bundle has one). Images judged outside get ``node=None``.
+    check_taxonomy : bool
+        Default for :meth:`predict`'s ``check_taxonomy``: run the detector.
 
     Examples
     --------
@@ -127,6 +132,8 @@ class HedgedClassifier:
         tta_angles: Sequence[float] = (0.0,),
         temperature: float = 1.0,
         batch_size: int = 8,
+        detector=None,
+        check_taxonomy: bool = True,
     ):
         if not isinstance(taxonomy, Taxonomy):
             raise TypeError(f"taxonomy must be a taxonomy.Taxonomy, got {type(taxonomy).__name__}")
@@ -138,6 +145,8 @@ class HedgedClassifier:
         self.tta_angles = check_angles(tta_angles)
         self.temperature = temperature
         self.batch_size = batch_size
+        self.detector = detector
+        self.check_taxonomy = bool(check_taxonomy)
         self._rules: dict[str, Darts] = {}
         self._nodes: dict[str, Node] = {}
         self._gain = None
@@ -166,7 +175,7 @@ class HedgedClassifier:
             preprocess=bundle.preprocess,
             tta_angles=bundle.tta_angles,
             temperature=bundle.temperature,
-            **kwargs,
+            **{"detector": bundle.detector, **kwargs},
         )
         clf.bundle_ = bundle
         return clf.fit(bundle.calibration_probs, bundle.calibration_labels)
@@ -229,6 +238,8 @@ class HedgedClassifier:
         *,
         guaranteed: bool = True,
         path_over_targets: bool = False,
+        in_taxonomy=None,
+        taxonomy_scores=None,
     ) -> list[Prediction]:
         """Hedged predictions from leaf posteriors (any classifier).
 
@@ -245,6 +256,11 @@ class HedgedClassifier:
             Also fill ``Prediction.answer_path``: the answer at every target
             in (0, 1] (costs nothing extra: every answer is read off the same
             per-sample envelope).
+        in_taxonomy : array-like of bool, shape (N,), optional
+            The out-of-taxonomy detector's verdicts; rows judged outside get
+            ``node=None``. ``None``: not checked (``Prediction.in_taxonomy`` is None).
+        taxonomy_scores : array-like of float, shape (N,), optional
+            The detector's scores, reported as ``Prediction.taxonomy_score``.
 
         Returns
         -------
@@ -278,9 +294,13 @@ class HedgedClassifier:
         leaf_at = np.where(leaf_nodes[step_node[first]], max_target[first], np.nan)
         if sources is None:
             sources = [None] * probs.shape[0]
+        inside = [None] * probs.shape[0] if in_taxonomy is None else [bool(v) for v in np.asarray(in_taxonomy)]
+        scores = [None] * probs.shape[0] if taxonomy_scores is None else [float(v) for v in np.asarray(taxonomy_scores)]
         nodes, leaves = self.taxonomy.nodes, self.taxonomy.leaves
         out = []
-        for r, (src, i, p, g, j, lp, la) in enumerate(zip(sources, idx, node_p, gain, leaf_idx, leaf_p, leaf_at)):
+        for r, (src, i, p, g, j, lp, la, ins, sc) in enumerate(
+            zip(sources, idx, node_p, gain, leaf_idx, leaf_p, leaf_at, inside, scores)
+        ):
             path = None
             if path_over_targets:
                 ks = range(indptr[r], indptr[r + 1])
@@ -288,7 +308,7 @@ class HedgedClassifier:
             out.append(
                 Prediction(
                     source=src,
-                    node=self.node(nodes[i]),
+                    node=None if ins is False else self.node(nodes[i]),
                     probability=float(p),
                     info_gain=float(g),
                     leaf=self.node(leaves[j]),
@@ -298,6 +318,8 @@ class HedgedClassifier:
                     guaranteed=guaranteed,
                     leaf_at_target=None if math.isnan(la) else float(la),
                     answer_path=path,
+                    in_taxonomy=ins,
+                    taxonomy_score=sc,
                 )
             )
         return out
@@ -330,13 +352,17 @@ class HedgedClassifier:
             )
         return angles, False
 
-    def _infer(self, inputs, angles, errors: str, batch_size, progress):
-        """Leaf posteriors of the loadable inputs plus the per-input errors."""
+    def _infer(self, inputs, angles, errors: str, batch_size, progress, check_taxonomy: bool = False):
+        """Leaf posteriors of the loadable inputs plus the per-input errors.
+
+        With ``check_taxonomy`` (and a detector) also the detector's verdicts and
+        scores, read off the same forward pass (its logits and features).
+        """
         if errors not in ERRORS:
             raise ValueError(f"errors must be one of {', '.join(ERRORS)}, got {errors!r}")
         if self.model is None or self.preprocess is None:
             raise UncalibratedError("this HedgedClassifier has no image model: use from_bundle() or predict_from_probs()")
-        from hedged.models import ImageLoadError, predict_probs
+        from hedged.models import ImageLoadError, average_view_probs, predict_logits
 
         items = [inputs] if _is_single_input(inputs) else list(inputs)
         batch_size = self.batch_size if batch_size is None else int(batch_size)
@@ -345,7 +371,8 @@ class HedgedClassifier:
         sources = [_source(x) for x in items]
         failures: dict[int, str] = {}
         ok_rows: list[int] = []
-        chunks = []
+        chunks, verdicts, scores = [], [], []
+        check = check_taxonomy and self.detector is not None
         for start in range(0, len(items), _CHUNK):
             images, rows = [], []
             for i in range(start, min(start + _CHUNK, len(items))):
@@ -360,22 +387,29 @@ class HedgedClassifier:
                         raise ImageLoadError(where + str(err)) from None
                     failures[i] = str(err)
             if images:
-                chunks.append(
-                    predict_probs(
-                        self.model,
-                        images,
-                        self.preprocess,
-                        angles=angles,
-                        temperature=self.temperature,
-                        batch_size=batch_size,
-                        progress=False,
-                    )
+                out = predict_logits(
+                    self.model,
+                    images,
+                    self.preprocess,
+                    angles=angles,
+                    batch_size=batch_size,
+                    progress=False,
+                    return_features=check and self.detector.needs_features,
                 )
+                logits, feats = out if isinstance(out, tuple) else (out, None)
+                chunks.append(average_view_probs(logits, self.temperature))
+                if check:
+                    inside, score = self.detector.check(logits, feats)
+                    verdicts.append(inside)
+                    scores.append(score)
                 ok_rows.extend(rows)
             if progress is not None:
                 progress(min(start + _CHUNK, len(items)), len(items))
         probs = np.concatenate(chunks) if chunks else np.zeros((0, self.taxonomy.n_leaves))
-        return sources, np.asarray(ok_rows, dtype=np.int64), probs, failures
+        ood = None
+        if check:
+            ood = (np.concatenate(verdicts), np.concatenate(scores)) if verdicts else (np.zeros(0, bool), np.zeros(0))
+        return sources, np.asarray(ok_rows, dtype=np.int64), probs, failures, ood
 
     def predict_proba(
         self,
@@ -395,7 +429,7 @@ class HedgedClassifier:
         The other arguments are those of :meth:`predict`.
         """
         angles, _ = self.resolve_tta(tta, allow_uncalibrated)
-        sources, ok_rows, probs, _ = self._infer(inputs, angles, errors, batch_size, progress)
+        sources, ok_rows, probs, _, _ = self._infer(inputs, angles, errors, batch_size, progress)
         if ok_rows.size == len(sources):
             return probs
         out = np.full((len(sources), self.taxonomy.n_leaves), np.nan)
@@ -414,6 +448,7 @@ class HedgedClassifier:
         batch_size: int | None = None,
         progress: Callable[[int, int], None] | None = None,
         path_over_targets: bool = False,
+        check_taxonomy: bool | None = None,
     ) -> list[Prediction]:
         """Hedged predictions for images.
 
@@ -435,6 +470,12 @@ class HedgedClassifier:
         progress : callable(done, total), optional
         path_over_targets : bool
             Fill ``Prediction.answer_path`` (the answer at every target).
+        check_taxonomy : bool, optional
+            Whether to judge if each image is in the taxonomy at all (default:
+            the classifier's ``check_taxonomy``; needs a detector, which the
+            bundled model has). An image judged outside gets ``node=None`` and
+            ``in_taxonomy=False``; the accuracy guarantee is stated for images
+            judged inside. ``False``: every image gets a node, ``in_taxonomy=None``.
 
         Returns
         -------
@@ -444,9 +485,16 @@ class HedgedClassifier:
         guarantee = check_guarantee(self.guarantee if guarantee is None else guarantee)
         angles, calibrated = self.resolve_tta(tta, allow_uncalibrated)
         self.rule(guarantee)  # calibration problems surface before the CNN runs
-        sources, ok_rows, probs, failures = self._infer(inputs, angles, errors, batch_size, progress)
+        check = self.check_taxonomy if check_taxonomy is None else bool(check_taxonomy)
+        sources, ok_rows, probs, failures, ood = self._infer(inputs, angles, errors, batch_size, progress, check)
         done = self.predict_from_probs(
-            probs, accuracy, guarantee, sources=[sources[i] for i in ok_rows], guaranteed=calibrated,
+            probs,
+            accuracy,
+            guarantee,
+            sources=[sources[i] for i in ok_rows],
+            guaranteed=calibrated,
+            in_taxonomy=None if ood is None else ood[0],
+            taxonomy_scores=None if ood is None else ood[1],
             path_over_targets=path_over_targets,
         )
         out: list[Prediction | None] = [None] * len(sources)

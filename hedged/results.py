@@ -68,7 +68,8 @@ class Prediction:
     source : str or None
         The input's file path, or ``None`` for in-memory images / posterior rows.
     node : Node or None
-        The predicted node (``None`` when ``error`` is set).
+        The predicted node (``None`` when ``error`` is set or the image was
+        judged outside the taxonomy).
     probability : float
         Posterior probability of ``node`` (sum of its leaves' posteriors).
     info_gain : float
@@ -97,6 +98,13 @@ class Prediction:
         the answer for a target ``a`` is the node of the first step with
         ``a <= max_target``. The first step is the most specific answer, the
         last is always ``(1.0, root)``; ``node`` above is the step for ``accuracy``.
+    in_taxonomy : bool or None
+        Whether the out-of-taxonomy detector judged the image to belong to the
+        taxonomy (False: "not clothing", ``node`` is None; ``leaf`` still says what
+        the classifier would have answered). ``None``: not checked (check turned
+        off, posteriors from another classifier, or a bundle without a detector).
+    taxonomy_score : float or None
+        The detector's score (higher = more like the taxonomy's photos).
     """
 
     source: str | None
@@ -111,6 +119,8 @@ class Prediction:
     error: str | None = None
     leaf_at_target: float | None = None
     answer_path: tuple[tuple[float, Node], ...] | None = None
+    in_taxonomy: bool | None = None
+    taxonomy_score: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -135,6 +145,8 @@ class Prediction:
     def __str__(self) -> str:
         if self.error is not None:
             return f"{self.source}: error: {self.error}"
+        if self.node is None:
+            return f"outside the taxonomy (score {self.taxonomy_score:.2f}; leaf guess {self.leaf})"
         return f"{self.node} p={self.probability:.3f} (leaf guess {self.leaf} p={self.leaf_probability:.3f})"
 
     def to_dict(self) -> dict:
@@ -146,16 +158,19 @@ class Prediction:
         """
         if self.error is not None:
             return {"image": self.source, "error": self.error}
+        node = self.node
         out = {
             "image": self.source,
-            "node": self.node.name,
-            "name": self.node.display_name,
-            "path": list(self.node.path),
-            "depth": self.node.depth,
-            "probability": self.probability,
-            "info_gain": self.info_gain,
-            "leaves": list(self.node.leaves),
-            "labels": list(self.node.labels),
+            "in_taxonomy": self.in_taxonomy,
+            "taxonomy_score": self.taxonomy_score,
+            "node": None if node is None else node.name,
+            "name": None if node is None else node.display_name,
+            "path": None if node is None else list(node.path),
+            "depth": None if node is None else node.depth,
+            "probability": None if node is None else self.probability,
+            "info_gain": None if node is None else self.info_gain,
+            "leaves": None if node is None else list(node.leaves),
+            "labels": None if node is None else list(node.labels),
             "leaf_guess": self.leaf.name,
             "leaf_guess_name": self.leaf.display_name,
             "leaf_probability": self.leaf_probability,

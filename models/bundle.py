@@ -12,6 +12,10 @@ A bundle is a directory::
                       computed with the bundle's own TTA and temperature
     test.npz          (optional) the same for the test split, so reports need no CNN
     split.json        (optional) image ids of each data split
+    ood.json          (optional) the out-of-taxonomy detector (hedging.ood): signals,
+                      logistic-regression weights, calibration scores, its metrics
+    ood.npz           (optional) the ImageNet head (weight fp16, bias) and the
+                      in-taxonomy ImageNet class indices, when the detector reads them
 
 Like a torchvision weights entry, the bundle carries its own preprocessing and
 calibration, so at prediction time it is the single source of truth. Loading
@@ -46,6 +50,8 @@ TAXONOMY = "taxonomy.yaml"
 CALIBRATION = "calibration.npz"
 TEST = "test.npz"
 SPLIT = "split.json"
+OOD = "ood.json"
+OOD_ARRAYS = "ood.npz"
 REQUIRED_FILES = (WEIGHTS, TAXONOMY, CALIBRATION)
 REQUIRED_KEYS = ("format", "arch", "num_classes", "preprocess", "tta_angles", "temperature", "files")
 
@@ -78,6 +84,9 @@ class Bundle:
     split : dict or None
         Split name -> list of image ids.
     path : Path or None
+    detector : hedging.ood.InTaxonomyDetector or None
+        Says whether a photo is in the taxonomy at all (``ood.json``); ``None``
+        when the bundle has none.
     """
 
     model: nn.Module
@@ -94,6 +103,7 @@ class Bundle:
     test_labels: np.ndarray | None = None
     split: dict[str, list] | None = None
     path: Path | None = None
+    detector: Any = None
 
 
 def library_versions() -> dict[str, str]:
@@ -205,7 +215,8 @@ def save_bundle(
         raise BundleError(f"the model has {head} outputs but the taxonomy has {n_leaves} leaves")
     cal_p, cal_y = _check_probs(calibration_probs, calibration_labels, n_leaves, "calibration")
     path.mkdir(parents=True, exist_ok=True)
-    for stale in (TEST, SPLIT):
+    # A detector fitted on another model's outputs would be silently wrong: drop it.
+    for stale in (TEST, SPLIT, OOD, OOD_ARRAYS):
         (path / stale).unlink(missing_ok=True)
 
     state = {
@@ -370,6 +381,7 @@ def load_bundle(path=None, *, verify: bool = True) -> Bundle:
         test_p, test_y = _load_npz(path, TEST, n_leaves)
     if SPLIT in manifest["files"]:
         split = json.loads((path / SPLIT).read_text())
+    detector = _load_detector(path, manifest, model) if OOD in manifest["files"] else None
     return Bundle(
         model=model,
         arch=arch,
@@ -385,7 +397,61 @@ def load_bundle(path=None, *, verify: bool = True) -> Bundle:
         test_labels=test_y,
         split=split,
         path=path,
+        detector=detector,
     )
+
+
+def _load_detector(path: Path, manifest: dict, model: nn.Module):
+    from hedged.hedging.ood import InTaxonomyDetector
+
+    try:
+        det = InTaxonomyDetector.from_dict(json.loads((path / OOD).read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as err:
+        raise BundleError(f"bundle file {OOD!r}: {err}") from None
+    if "imagenet" in det.signals:
+        if OOD_ARRAYS not in manifest["files"]:
+            raise BundleError(f"the detector reads the ImageNet head but the bundle lists no {OOD_ARRAYS!r}")
+        try:
+            with np.load(path / OOD_ARRAYS, allow_pickle=False) as z:
+                det.set_head(z["imagenet_weight"], z["imagenet_bias"], z["imagenet_in"])
+        except (KeyError, ValueError, OSError) as err:
+            raise BundleError(f"bundle file {OOD_ARRAYS!r} must hold imagenet_weight, imagenet_bias, imagenet_in: {err}") from None
+        if det.imagenet_weight_.shape[1] != model.get_classifier().in_features:
+            raise BundleError(
+                f"{OOD_ARRAYS}: ImageNet head takes {det.imagenet_weight_.shape[1]} features, "
+                f"the model gives {model.get_classifier().in_features}"
+            )
+    return det
+
+
+def save_detector(path, detector, *, imagenet_weight=None, imagenet_bias=None, imagenet_in=None, info=None) -> Path:
+    """Add (or replace) the out-of-taxonomy detector of an existing bundle.
+
+    Writes ``ood.json`` (plain JSON: ``detector.to_dict()`` plus ``info``) and, when
+    the detector reads the ``imagenet`` signal, ``ood.npz`` (head weight as fp16,
+    bias, in-taxonomy class indices; no pickles), then records their sha256 in the
+    manifest so that loading keeps checking every file.
+    """
+    path = Path(path)
+    manifest = read_manifest(path)
+    params = {**detector.to_dict(), **_jsonable(info or {})}
+    (path / OOD).write_text(json.dumps(params, indent=1) + "\n")
+    files = dict(manifest["files"])
+    files[OOD] = sha256_file(path / OOD)
+    if "imagenet" in detector.signals:
+        np.savez_compressed(
+            path / OOD_ARRAYS,
+            imagenet_weight=np.asarray(imagenet_weight, dtype=np.float16),
+            imagenet_bias=np.asarray(imagenet_bias, dtype=np.float32),
+            imagenet_in=np.asarray(imagenet_in, dtype=np.int64),
+        )
+        files[OOD_ARRAYS] = sha256_file(path / OOD_ARRAYS)
+    else:
+        (path / OOD_ARRAYS).unlink(missing_ok=True)
+        files.pop(OOD_ARRAYS, None)
+    manifest["files"] = files
+    (path / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return path
 
 
 TINY_TAXONOMY = {

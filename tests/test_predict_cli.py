@@ -17,6 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 # key -> type of every successful JSON line (the documented schema)
 SCHEMA = {
     "image": str,
+    "in_taxonomy": (bool, type(None)),  # None: the bundle has no out-of-taxonomy detector
+    "taxonomy_score": (float, type(None)),
     "node": str,
     "name": str,
     "path": list,

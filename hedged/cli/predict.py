@@ -32,11 +32,17 @@ inputs: image files, directories (searched recursively for image extensions)
 and glob patterns (quote them: 'photos/**/*.jpg').
 
 output: one block per image, or with --json one JSON object per line
-(JSON Lines) with keys image, node, name, path, depth, probability, info_gain,
-leaves, labels, leaf_guess, leaf_guess_name, leaf_probability,
-accuracy_target, guarantee, guarantee_holds, leaf_at_target (the largest
-target at which the answer would be the leaf guess; null if none). An image that cannot be read
+(JSON Lines) with keys image, in_taxonomy, taxonomy_score, node, name, path,
+depth, probability, info_gain, leaves, labels, leaf_guess, leaf_guess_name,
+leaf_probability, accuracy_target, guarantee, guarantee_holds, leaf_at_target
+(the largest target at which the answer would be the leaf guess; null if none). An image that cannot be read
 gives {"image": ..., "error": ...}; the others are still classified.
+
+not clothing: the model also judges whether each photo belongs to the taxonomy
+at all (calibrated so that about 2% of clothing photos are called outside). A
+photo judged outside has "in_taxonomy": false and "node": null (text mode:
+"not clothing"); the accuracy guarantee is stated for photos judged inside.
+--no-taxonomy-check turns the check off ("in_taxonomy": null).
 
 exit status: 0 all images classified; 1 at least one input could not be read
 (or matched nothing); 2 usage error (bad --accuracy, missing model, TTA the
@@ -66,6 +72,8 @@ def build_parser() -> Parser:
     p.add_argument("--batch-size", type=positive_int, default=8, metavar="N",
                    help="images per forward pass, times the TTA views (default 8, the CPU sweet spot)")
     p.add_argument("--json", action="store_true", help="print JSON Lines (one object per image) instead of text")
+    p.add_argument("--no-taxonomy-check", "--no-ood", dest="check_taxonomy", action="store_false",
+                   help="do not judge whether photos belong to the taxonomy at all: every photo gets a node")
     return p
 
 
@@ -96,6 +104,10 @@ def _print_text(console, pred, clf) -> None:
     node, leaf, tax = pred.node, pred.leaf, clf.taxonomy
     where = "" if pred.source is None else escape(pred.source)
     console.print(f"[bold]{where}[/bold]")
+    if node is None:  # judged outside the taxonomy
+        console.print(f"  answer      [bold red]{escape(outside_name(tax))}[/bold red]  [dim](score {pred.taxonomy_score:.2f})[/dim]")
+        console.print(f"  leaf guess  [dim]{escape(leaf.display_name)} {_fmt_p(pred.leaf_probability)} if it were[/dim]")
+        return
     kind = "leaf" if node.is_leaf else f"{len(node.leaves)} leaves"  # a single-leaf node is shown as its leaf
     console.print(f"  answer      [bold green]{escape(node.display_name)}[/bold green]  [dim]({escape(node.name)}, {kind})[/dim]")
     console.print(f"  path        {escape(' > '.join(tax.display_name(v) for v in node.path))}")
@@ -104,6 +116,11 @@ def _print_text(console, pred, clf) -> None:
     console.print(
         f"  leaf guess  {escape(leaf.display_name)} {_fmt_p(pred.leaf_probability)}  [dim]({escape(leaf.name)}{same})[/dim]"
     )
+
+
+def outside_name(taxonomy) -> str:
+    """How an answer outside the taxonomy reads: "not clothing" for the clothing taxonomy."""
+    return f"not {taxonomy.display_name(taxonomy.root).lower()}"
 
 
 def main(argv=None) -> int:
@@ -146,7 +163,7 @@ def _run(args) -> int:
             warnings.simplefilter("always")
             preds = clf.predict(
                 todo, accuracy, errors="collect", tta=tta, allow_uncalibrated=args.allow_uncalibrated,
-                batch_size=args.batch_size, progress=progress,
+                batch_size=args.batch_size, progress=progress, check_taxonomy=args.check_taxonomy,
             )
     finally:
         if bar is not None:
