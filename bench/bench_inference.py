@@ -8,7 +8,10 @@ All rows use the same clothing JPEGs, the same model and the same batch size:
                     convolutions (``EfficientNetLite.fuse_batchnorm``, inference only);
 * ``decode+prep``   JPEG decode + resize + normalise only (``Preprocess.batch``);
 * ``pipeline k=1``  ``models.predict_probs`` from file paths, no TTA (BN-folded model);
-* ``pipeline k=K``  ``models.predict_probs`` with ``--angles`` (K rotated views per image).
+* ``pipeline k=K``  ``models.predict_probs`` with ``--angles`` (K rotated views per image);
+* ``+ taxonomy check`` the same from logits and features, plus the bundle's
+                    out-of-taxonomy detector (its ImageNet head and scores), as
+                    ``HedgedClassifier.predict`` runs it (bundles with a detector).
 
 ``views/s`` counts each rotated view as one image; the ``vs forward`` column is
 views/s divided by the BN-folded bare forward's images/s (how much of the network's speed the
@@ -36,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from _machine import cpu_model  # noqa: E402  (bench/ is sys.path[0] for a script)
-from hedged.models import create_model, get_spec, predict_probs  # noqa: E402
+from hedged.models import average_view_probs, create_model, get_spec, predict_logits, predict_probs  # noqa: E402
 
 
 def pick_images(data: Path, n: int) -> list[Path]:
@@ -90,6 +93,7 @@ def main(argv=None) -> int:
     paths = pick_images(args.data, args.n_images)
     if args.arch:
         model = create_model(args.arch)  # eval mode, channels_last parameters
+        detector = None
         pre, default_angles, model_name = get_spec(args.arch).preprocess(), (0.0, -15.0, 15.0), args.arch
     else:
         from hedged.models.bundle import load_bundle
@@ -97,6 +101,7 @@ def main(argv=None) -> int:
         b = load_bundle(args.model)  # what predict.py runs: the bundle's model, preprocessing and TTA
         model = b.model.eval().to(memory_format=torch.channels_last)
         pre, default_angles, model_name = b.preprocess, b.tta_angles, f"bundle {b.arch}"
+        detector = b.detector
     angles = tuple(float(a) for a in args.angles.split(",")) if args.angles else tuple(default_angles)
     fast = copy.deepcopy(model)
     if args.fuse_bn and hasattr(fast, "fuse_batchnorm"):
@@ -123,6 +128,13 @@ def main(argv=None) -> int:
         "pipeline k=1 (predict_probs)": (lambda: predict_probs(fast, paths, pre, angles=(0.0,), batch_size=bs), 1),
         tta: (lambda: predict_probs(fast, paths, pre, angles=angles, batch_size=bs), len(angles)),
     }
+    if detector is not None:
+        def checked():
+            logits, feats = predict_logits(fast, paths, pre, angles=angles, batch_size=bs, return_features=True)
+            average_view_probs(logits)
+            detector.check(logits, feats)
+
+        stages[tta + " + taxonomy check"] = (checked, len(angles))
     seconds = time_round_robin({k: fn for k, (fn, _) in stages.items()}, args.repeats)
     rows = []
     for name, (_, views) in stages.items():

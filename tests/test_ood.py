@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -221,3 +222,34 @@ def test_cli_json_and_text_for_photos_outside(bundles, tmp_path, capsys):
     code, out, err = _cli(capsys, img, "--model", bundles["accept"], "--json")
     row = json.loads(out)
     assert row["in_taxonomy"] is True and row["node"] == "animal"
+
+
+# ---------------------------------------------------------------- the shipped bundle
+REPO = Path(__file__).resolve().parents[1]
+NOT_CLOTHING = REPO / "tests" / "fixtures" / "not_clothing" / "eval"
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    from hedged import HedgedClassifier
+
+    clf = HedgedClassifier.from_bundle()
+    if clf.detector is None:
+        pytest.skip("the default bundle has no out-of-taxonomy detector: run bench/ood_detector.py --write (docs/ood.md)")
+    return clf
+
+
+def test_shipped_model_rejects_generated_images(shipped):
+    names = ["solid-00.jpg", "wheel-00.jpg", "noise-00.jpg", "noise-02.jpg", "smoothnoise-00.jpg"]  # black, wheel, noise
+    preds = shipped.predict([NOT_CLOTHING / n for n in names])
+    assert [p.in_taxonomy for p in preds] == [False] * len(names), [(p.source, p.taxonomy_score) for p in preds]
+    assert all(p.node is None for p in preds)
+
+
+def test_shipped_model_accepts_the_example_photos(shipped):
+    photos = sorted((REPO / "examples").glob("*.jpg")) + sorted((REPO / "tests" / "fixtures").glob("*.jpg"))
+    assert len(photos) >= 8
+    preds = shipped.predict(photos)
+    assert all(p.in_taxonomy is True and p.node is not None for p in preds), [
+        (p.source, p.taxonomy_score) for p in preds if not p.in_taxonomy
+    ]
