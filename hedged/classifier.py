@@ -31,6 +31,10 @@ class UncalibratedError(ValueError):
     test-time augmentation its calibration was not made for."""
 
 
+class ExplainUnavailableError(ValueError):
+    """The classifier's model cannot be differentiated (an ONNX bundle), so it cannot be explained."""
+
+
 def check_guarantee(guarantee) -> str:
     if guarantee not in GUARANTEES:
         raise ValueError(f"guarantee must be one of {', '.join(GUARANTEES)}, got {guarantee!r}")
@@ -503,6 +507,126 @@ class HedgedClassifier:
         for i, msg in failures.items():
             out[i] = Prediction.failed(sources[i], msg, accuracy, guarantee)
         return out
+
+    # ------------------------------------------------------------------ explanations
+    def explain(
+        self,
+        image,
+        node=None,
+        accuracy: float = 0.95,
+        method: str = "gradcam",
+        *,
+        guarantee: str | None = None,
+        tta=None,
+        allow_uncalibrated: bool = False,
+        n_steps: int = 32,
+        max_side: int = 512,
+    ):
+        """Heat maps of what carries a node, and of what competes under it.
+
+        Parameters
+        ----------
+        image : path, PIL.Image, numpy.ndarray or torch.Tensor
+            One image.
+        node : str, optional
+            The node to explain; default the hedged answer at ``accuracy``. A
+            node with a single child is explained as that child (same leaves).
+        accuracy : float in (0, 1]
+            Target of the answer (as for :meth:`predict`).
+        method : {"gradcam", "integrated_gradients"}
+            Grad-CAM on the last convolutional stage (about a second), or
+            integrated gradients with ``n_steps`` path points (tens of seconds).
+        guarantee, tta, allow_uncalibrated
+            As for :meth:`predict`; the maps are averaged over the same TTA views.
+        n_steps : int
+            Integrated-gradients path points.
+        max_side : int
+            Longer side of the returned image and maps (the photo's aspect ratio).
+
+        Returns
+        -------
+        Explanation
+            ``nodes[0]`` is the node, then its two most probable children; for
+            a leaf, the two most probable other leaves. ``maps`` are ``(K, H, W)``
+            on ``image``; each node's score is its probability (sum of its
+            leaves' temperature-scaled posteriors).
+        """
+        from hedged.explanation import Explanation, check_method
+
+        accuracy = check_accuracy(accuracy)
+        method = check_method(method)
+        guarantee = check_guarantee(self.guarantee if guarantee is None else guarantee)
+        if not _is_single_input(image):
+            raise ValueError("explain takes one image (a path, PIL image, array or tensor), not a collection")
+        if isinstance(max_side, bool) or not isinstance(max_side, (int, np.integer)) or max_side < 16:
+            raise ValueError(f"max_side must be an int >= 16, got {max_side!r}")
+        tax = self.taxonomy
+        if node is not None and str(node) not in tax:
+            raise ValueError(f"unknown node {node!r}: not a node of the taxonomy")
+        model, note = self._torch_model()
+        angles, calibrated = self.resolve_tta(tta, allow_uncalibrated)
+        self.rule(guarantee)
+
+        from hedged.models import ImageLoadError
+        from hedged.models import explain as attribution
+
+        try:
+            photo = self.preprocess.load(image)
+        except ImageLoadError as err:
+            raise ImageLoadError(("" if _source(image) is not None else "image: ") + str(err)) from None
+        source = _source(image)
+        probs = self.predict_proba(photo, tta=angles, allow_uncalibrated=True)
+        pred = self.predict_from_probs(probs, accuracy, guarantee, sources=[source], guaranteed=calibrated)[0]
+        node_p = tax.node_probs(probs)[0]
+
+        target = self._most_specific()[tax.node_index(pred.node.name if node is None else str(node))]
+        target = tax.nodes[target]
+        if tax.is_leaf(target):
+            others = [v for v in tax.leaves if v != target]
+            roles = ("node",) + ("alternative",) * min(2, len(others))
+        else:
+            others = list(tax.children(target))
+            roles = ("node",) + ("child",) * min(2, len(others))
+        # Most probable first; ties by taxonomy order so the picture is reproducible.
+        others.sort(key=lambda v: (-node_p[tax.node_index(v)], tax.node_index(v)))
+        targets = [target] + others[:2]
+        membership = attribution.membership_matrix(
+            [np.atleast_1d(tax.leaf_index(list(tax.leaves_under(v)))) for v in targets], tax.n_leaves
+        )
+        x = self.preprocess.batch([photo])
+        if method == "gradcam":
+            maps = attribution.gradcam(model, x, membership, self.temperature, angles)
+        else:
+            maps = attribution.integrated_gradients(model, x, membership, self.temperature, angles, n_steps=n_steps)
+        w, h = photo.size
+        scale = min(1.0, max_side / max(w, h))
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        from PIL import Image
+
+        shown = photo if size == photo.size else photo.resize(size, Image.Resampling.BICUBIC)
+        return Explanation(
+            source=source,
+            image=np.asarray(shown),
+            method=method,
+            nodes=tuple(self.node(v) for v in targets),
+            roles=roles,
+            probabilities=np.array([node_p[tax.node_index(v)] for v in targets]),
+            maps=attribution.to_photo_frame(maps, self.preprocess, photo.size, size),
+            prediction=pred,
+            angles=tuple(angles),
+            note=note,
+        )
+
+    def _torch_model(self):
+        """The differentiable model for explanations, and a note when it is not the answering one."""
+        if self.model is None or self.preprocess is None:
+            raise UncalibratedError("this HedgedClassifier has no image model: use from_bundle()")
+        if callable(getattr(self.model, "parameters", None)) and callable(getattr(self.model, "register_forward_hook", None)):
+            return self.model, None
+        raise ExplainUnavailableError(
+            "explanations need a torch model bundle (an ONNX model cannot be differentiated): "
+            "pass a torch bundle with --model DIR"
+        )
 
     def __repr__(self) -> str:
         calibrated = hasattr(self, "calibration_probs_")
