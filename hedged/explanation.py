@@ -142,9 +142,13 @@ class Explanation:
         ax.imshow(self.image, aspect="auto", interpolation="bilinear")
         if heat is None:
             return
+        from matplotlib import colormaps
+
         shown = _display_scale(heat, self.method)
-        ax.imshow(np.ma.masked_invalid(shown), cmap="jet", vmin=0.0, vmax=1.0, alpha=0.5, aspect="auto",
-                  interpolation="bilinear")
+        rgba = colormaps["jet"](np.nan_to_num(shown))
+        # Opacity follows the heat, so that cold regions keep the photo readable; NaN (unseen) is clear.
+        rgba[..., 3] = np.where(np.isfinite(shown), 0.2 + 0.45 * np.nan_to_num(shown), 0.0)
+        ax.imshow(rgba, aspect="auto", interpolation="bilinear")
         seen = np.isfinite(heat)
         if not seen.all() and seen.any():
             # Outline what the model saw (a centre crop of the photo).
@@ -167,7 +171,8 @@ def _display_scale(heat: np.ndarray, method: str) -> np.ndarray:
 
 
 def _pct(p: float) -> str:
-    return f"{100 * float(p):.1f}%"
+    p = 100 * float(p)
+    return f"{p:.1f}%" if p >= 0.1 or p == 0 else f"{p:.2g}%"
 
 
 def _basename(source: str) -> str:

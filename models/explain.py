@@ -77,6 +77,14 @@ class _TTANodeProbability(nn.Module):
         return split_views(self.scorer(views), len(self.angles)).mean(dim=1)
 
 
+def _captum_attr():
+    try:
+        import captum.attr
+    except ImportError:
+        raise ImportError("explanations need captum: pip install 'hedged[explain]'") from None
+    return captum.attr
+
+
 def gradcam_layer(model: nn.Module) -> nn.Module:
     """The module whose output is the last convolutional stage of ``model``.
 
@@ -149,8 +157,8 @@ def gradcam(
         ``(K, S, S)`` float32: per node, the mean over views of the view's map
         (bilinearly upsampled from the layer's grid) rotated back to the input frame.
     """
-    from captum.attr import LayerAttribution, LayerGradCam
-
+    attr = _captum_attr()
+    LayerAttribution, LayerGradCam = attr.LayerAttribution, attr.LayerGradCam
     x = _check_input(x)
     m = _membership(membership)
     angles = check_angles(angles)
@@ -208,8 +216,7 @@ def integrated_gradients(
         ``(K, 3, S, S)`` float32 attributions in the input frame; with
         ``return_convergence_delta`` also a ``(K,)`` float64 array.
     """
-    from captum.attr import IntegratedGradients
-
+    IntegratedGradients = _captum_attr().IntegratedGradients
     x = _check_input(x)
     m = _membership(membership)
     angles = check_angles(angles)

@@ -252,7 +252,10 @@ def _check_explainable(clf) -> None:
 
     try:
         _, note = clf._torch_model()
-    except ExplainUnavailableError as err:
+        import hedged.models.explain as attribution
+
+        attribution._captum_attr()
+    except (ExplainUnavailableError, ImportError) as err:
         raise UsageError(f"--explain: {err}") from None
     if note:
         print(f"note: {note}", file=sys.stderr)
