@@ -579,8 +579,9 @@ class HedgedClassifier:
         pred = self.predict_from_probs(probs, accuracy, guarantee, sources=[source], guaranteed=calibrated)[0]
         node_p = tax.node_probs(probs)[0]
 
-        target = self._most_specific()[tax.node_index(pred.node.name if node is None else str(node))]
-        target = tax.nodes[target]
+        from hedged.hedging._base import most_specific
+
+        target = tax.nodes[most_specific(tax)[tax.node_index(pred.node.name if node is None else str(node))]]
         if tax.is_leaf(target):
             others = [v for v in tax.leaves if v != target]
             roles = ("node",) + ("alternative",) * min(2, len(others))
