@@ -519,7 +519,7 @@ class HedgedClassifier:
         guarantee: str | None = None,
         tta=None,
         allow_uncalibrated: bool = False,
-        n_steps: int = 32,
+        n_steps: int = 64,
         max_side: int = 512,
     ):
         """Heat maps of what carries a node, and of what competes under it.

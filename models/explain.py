@@ -188,7 +188,7 @@ def integrated_gradients(
     temperature: float,
     angles=(0.0,),
     *,
-    n_steps: int = 32,
+    n_steps: int = 64,
     baseline: torch.Tensor | float = 0.0,
     internal_batch_size: int = 8,
     return_convergence_delta: bool = False,
