@@ -19,7 +19,9 @@ from hedged.results import Node, Prediction
 from hedged.hedging import Darts, check_accuracy
 from hedged.taxonomy import Taxonomy
 
-GUARANTEES = ("pac", "expected")
+#: "pac": PAC over photos; "pac-group": PAC over contributors (groups of photos
+#: of one sender as the exchangeable unit, see hedging.groups); "expected".
+GUARANTEES = ("pac", "pac-group", "expected")
 ERRORS = ("raise", "collect")
 # Images decoded at once: bounds memory on huge directories while keeping
 # several CNN batches in flight per chunk.
@@ -92,9 +94,13 @@ class HedgedClassifier:
     ----------
     taxonomy : Taxonomy
         Leaf order = the classifier's posterior columns.
-    guarantee : {"pac", "expected"}
+    guarantee : {"pac", "pac-group", "expected"}
         Default guarantee: ``"pac"`` holds with probability ``1 - delta`` over the
-        calibration set; ``"expected"`` meets the target on the calibration set.
+        calibration set, photos counted as independent draws; ``"pac-group"``
+        the same with contributors as the independent draws and their photos
+        arbitrarily alike (needs calibration groups; far more conservative
+        with few contributors, see docs/hedging.md); ``"expected"`` meets the
+        target on the calibration set.
     delta : float
         Failure probability of the PAC guarantee.
     model, preprocess, tta_angles, temperature
@@ -178,9 +184,9 @@ class HedgedClassifier:
             **{"detector": bundle.detector, **kwargs},
         )
         clf.bundle_ = bundle
-        return clf.fit(bundle.calibration_probs, bundle.calibration_labels)
+        return clf.fit(bundle.calibration_probs, bundle.calibration_labels, getattr(bundle, "calibration_groups", None))
 
-    def fit(self, probs, labels) -> HedgedClassifier:
+    def fit(self, probs, labels, groups=None) -> HedgedClassifier:
         """Store calibration posteriors and labels; the rule for each guarantee
         is fitted from them on first use.
 
@@ -191,6 +197,9 @@ class HedgedClassifier:
             and temperature as the predictions will be).
         labels : array-like, shape (n,)
             Leaf indices, leaf names or dataset labels (aliases).
+        groups : array-like, shape (n,), optional
+            Contributor of each calibration sample (e.g. hashed sender ids);
+            needed by ``guarantee="pac-group"``.
         """
         probs = np.asarray(probs, dtype=np.float64)
         if probs.ndim != 2 or probs.shape[1] != self.taxonomy.n_leaves:
@@ -200,8 +209,13 @@ class HedgedClassifier:
         labels = self.taxonomy.resolve_labels(np.asarray(labels))
         if labels.shape != (probs.shape[0],):
             raise ValueError(f"calibration labels must have shape ({probs.shape[0]},), got {labels.shape}")
+        if groups is not None:
+            groups = np.asarray(groups)
+            if groups.shape != (probs.shape[0],):
+                raise ValueError(f"calibration groups must have shape ({probs.shape[0]},), got {groups.shape}")
         self.calibration_probs_ = probs
         self.calibration_labels_ = labels
+        self.calibration_groups_ = groups
         self._rules = {}
         return self
 
@@ -213,8 +227,16 @@ class HedgedClassifier:
                 raise UncalibratedError(
                     "HedgedClassifier is not calibrated: call fit(probs, labels) or use from_bundle()"
                 )
-            rule = Darts(self.taxonomy, guarantee=guarantee, delta=self.delta)
-            self._rules[guarantee] = rule.fit(self.calibration_probs_, self.calibration_labels_)
+            groups = None
+            if guarantee == "pac-group":
+                groups = getattr(self, "calibration_groups_", None)
+                if groups is None:
+                    raise UncalibratedError(
+                        "guarantee 'pac-group' needs the contributor of each calibration photo: "
+                        "fit(probs, labels, groups) or a bundle that stores calibration groups"
+                    )
+            rule = Darts(self.taxonomy, guarantee="expected" if guarantee == "expected" else "pac", delta=self.delta)
+            self._rules[guarantee] = rule.fit(self.calibration_probs_, self.calibration_labels_, groups)
         return self._rules[guarantee]
 
     def node(self, name) -> Node:
@@ -248,7 +270,7 @@ class HedgedClassifier:
         probs : array-like, shape (N, n_leaves) or (n_leaves,)
         accuracy : float in (0, 1]
             Target accuracy; any value, the calibration is shared.
-        guarantee : {"pac", "expected"}, optional
+        guarantee : {"pac", "pac-group", "expected"}, optional
             Default: the classifier's.
         sources : sequence of str, optional
             Names to put in ``Prediction.source``.
@@ -458,7 +480,7 @@ class HedgedClassifier:
         accuracy : float in (0, 1]
             Target accuracy (probability that the answered node contains the
             true class).
-        guarantee : {"pac", "expected"}, optional
+        guarantee : {"pac", "pac-group", "expected"}, optional
         errors : {"raise", "collect"}
             ``"collect"``: an input that cannot be read gives a ``Prediction``
             with ``error`` set, the others are classified.

@@ -82,7 +82,7 @@ class Prediction:
     accuracy : float
         The accuracy target the node was chosen for.
     guarantee : str
-        ``"pac"`` or ``"expected"``: how the target is guaranteed.
+        ``"pac"``, ``"pac-group"`` or ``"expected"``: how the target is guaranteed.
     guaranteed : bool
         False when the input was classified with a test-time augmentation the
         calibration was not made for: then the accuracy guarantee does not hold.

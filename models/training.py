@@ -501,7 +501,7 @@ def train(cfg: TrainConfig) -> dict:
 
     See :class:`TrainConfig` for the options and the module docstring for the method.
     """
-    from hedged.models.bundle import library_versions, save_bundle
+    from hedged.models.bundle import hash_groups, library_versions, save_bundle
     from hedged.taxonomy import Taxonomy
 
     t0 = time.perf_counter()
@@ -647,6 +647,8 @@ def train(cfg: TrainConfig) -> dict:
         temperature=temperature, calibration_probs=cal_probs, calibration_labels=ys["calibration"],
         test_probs=test_probs, test_labels=ys["test"], split={k: v.tolist() for k, v in ids.items()},
         metrics=metrics, provenance=provenance, half=cfg.half,
+        # Contributors of the calibration photos, anonymised: the contributor-level guarantee needs them.
+        calibration_groups=hash_groups(data.groups[split["calibration"]]) if data.group_column else None,
     )
     log(f"bundle written to {cfg.out} in {elapsed:.0f}s total")
     return {"metrics": metrics, "provenance": provenance, "angles": angles, "temperature": temperature,

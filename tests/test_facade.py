@@ -321,3 +321,20 @@ def test_leaf_at_target_and_answer_path_agree_with_predict(fitted):
     assert "leaf_at_target" in record and "leaf_at_target" in plain[0].to_dict()
     assert "answer_path" not in plain[0].to_dict()
     assert record["answer_path"][-1] == {"max_target": 1.0, "node": TAX.root, "name": TAX.root}
+
+
+def test_pac_group_guarantee_uses_the_calibration_groups():
+    p, y = synthetic_split(TAX, 400, seed=1)
+    groups = np.arange(400) // 4
+    clf = HedgedClassifier(TAX).fit(p, y, groups)
+    rule = clf.rule("pac-group")
+    assert rule.calibration_.unit == "group" and rule.n_groups_ == 100
+    assert clf.rule("pac").calibration_.unit == "photo"
+    expected = Darts(TAX).fit(p, y, groups).predict(p[:20], accuracy=0.8)
+    got = [pred.node.name for pred in clf.predict_from_probs(p[:20], accuracy=0.8, guarantee="pac-group")]
+    assert got == expected.tolist()
+    assert clf.predict_from_probs(p[:1], accuracy=0.8, guarantee="pac-group")[0].guarantee == "pac-group"
+    with pytest.raises(UncalibratedError, match="pac-group"):
+        HedgedClassifier(TAX).fit(p, y).rule("pac-group")
+    with pytest.raises(ValueError, match="groups must have shape"):
+        HedgedClassifier(TAX).fit(p, y, groups[:-1])

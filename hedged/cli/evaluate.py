@@ -57,7 +57,9 @@ def build_parser() -> Parser:
                       help="without --cal-probs: share of --probs used for calibration (default 0.5)")
     post.add_argument("--seed", type=int, default=0, help="seed of that split (default 0)")
     rule = p.add_argument_group("rules")
-    rule.add_argument("--guarantee", choices=("pac", "expected"), default="pac")
+    rule.add_argument("--guarantee", choices=("pac", "pac-group", "expected"), default="pac",
+                      help="pac: photos as independent draws (default); pac-group: contributors as the draws "
+                           "(needs the bundle's calibration groups); expected: calibration accuracy meets the target")
     rule.add_argument("--delta", type=float, default=0.05, help="PAC failure probability (default 0.05)")
     rule.add_argument("--alpha", type=float, default=0.05, help="Clopper-Pearson level of the plotted intervals")
     p.add_argument("--title", default=None, help="report title")
@@ -164,7 +166,8 @@ def _from_bundle(args):
     if b.test_probs is None:
         raise UsageError("the model bundle stores no test split; pass --data or --probs")
     provenance = {"source": "the bundle's stored test split", **_bundle_provenance(clf, args.model)}
-    return clf.taxonomy, (b.calibration_probs, b.calibration_labels), (b.test_probs, b.test_labels), provenance
+    cal = (b.calibration_probs, b.calibration_labels, getattr(b, "calibration_groups", None))
+    return clf.taxonomy, cal, (b.test_probs, b.test_labels), provenance
 
 
 def _from_data(args):
@@ -218,7 +221,8 @@ def _from_data(args):
     }
     if notes:
         provenance["data notes"] = "; ".join(notes)
-    return clf.taxonomy, (b.calibration_probs, b.calibration_labels), (probs, labels[ok]), provenance
+    cal = (b.calibration_probs, b.calibration_labels, getattr(b, "calibration_groups", None))
+    return clf.taxonomy, cal, (probs, labels[ok]), provenance
 
 
 def _progress(total: int):
@@ -270,6 +274,7 @@ def _run(args, argv) -> int:
         metrics = write_report(
             args.out, taxonomy, cal[0], cal[1], test[0], test[1],
             title=title, provenance=provenance, guarantee=args.guarantee, delta=args.delta, alpha=args.alpha,
+            cal_groups=cal[2] if len(cal) > 2 else None,
         )
     except ValueError as err:  # shapes, labels not in the taxonomy, bad posteriors
         raise UsageError(str(err)) from None

@@ -60,9 +60,11 @@ def build_parser() -> Parser:
     p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files, directories or glob patterns")
     p.add_argument("--accuracy", default="0.95", metavar="A",
                    help="target accuracy in (0, 1] (default 0.95)")
-    p.add_argument("--guarantee", choices=("pac", "expected"), default="pac",
-                   help="pac: holds with probability 1-delta over the calibration set (default); "
-                        "expected: calibration accuracy meets the target")
+    p.add_argument("--guarantee", choices=("pac", "pac-group", "expected"), default="pac",
+                   help="pac: holds with probability 1-delta over the calibration set, photos as independent "
+                        "draws (default); pac-group: the same with contributors as the draws and their photos "
+                        "arbitrarily alike (needs a bundle with calibration groups; far more conservative, "
+                        "see docs/hedging.md); expected: calibration accuracy meets the target")
     p.add_argument("--model", metavar="DIR", default=None, help="model bundle directory (default: the bundled model)")
     p.add_argument("--tta", metavar="ANGLES", default=None,
                    help="rotation test-time augmentation: comma-separated degrees (0,90,180,270) or 'off'; "
