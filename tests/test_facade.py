@@ -98,9 +98,9 @@ def test_calibration_happens_once_per_guarantee(monkeypatch):
     calls = []
     original = Darts.fit
 
-    def counting_fit(self, probs, labels):
+    def counting_fit(self, probs, labels, groups=None):
         calls.append(self.guarantee)
-        return original(self, probs, labels)
+        return original(self, probs, labels, groups)
 
     monkeypatch.setattr(Darts, "fit", counting_fit)
     p, y = synthetic_split(TAX, 300, seed=3)
