@@ -14,6 +14,19 @@ from scipy import stats
 
 from hedged.hedging._base import check_accuracy, check_probs
 
+__all__ = [
+    "hierarchical_accuracy",
+    "hierarchical_precision",
+    "hierarchical_recall",
+    "hierarchical_f1",
+    "hierarchical_precision_recall_f1",
+    "information_gain",
+    "depth_shares",
+    "leaf_share",
+    "clopper_pearson",
+    "accuracy_specificity_curve",
+]
+
 
 def _indices(taxonomy, predictions, labels=None):
     pred = np.atleast_1d(np.asarray(taxonomy.node_index(predictions), dtype=np.int64))
@@ -151,6 +164,38 @@ def hierarchical_precision_recall_f1(taxonomy, predictions, labels):
     recall = n_inter / n_true if n_true else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return float(precision), float(recall), float(f1)
+
+
+def hierarchical_precision(taxonomy, predictions, labels) -> float:
+    """Micro-averaged hierarchical precision ``sum|P & T| / sum|P|`` (HiClass's ``precision``).
+
+    See :func:`hierarchical_precision_recall_f1` for the definition.
+
+    Examples
+    --------
+    >>> hierarchical_precision(tax, ["animal"], ["dog"])  # doctest: +SKIP
+    1.0
+    """
+    return hierarchical_precision_recall_f1(taxonomy, predictions, labels)[0]
+
+
+def hierarchical_recall(taxonomy, predictions, labels) -> float:
+    """Micro-averaged hierarchical recall ``sum|P & T| / sum|T|`` (HiClass's ``recall``).
+
+    See :func:`hierarchical_precision_recall_f1` for the definition.
+
+    Examples
+    --------
+    >>> hierarchical_recall(tax, ["animal"], ["dog"])  # {animal} of {animal, dog}  # doctest: +SKIP
+    0.5
+    """
+    return hierarchical_precision_recall_f1(taxonomy, predictions, labels)[1]
+
+
+def hierarchical_f1(taxonomy, predictions, labels) -> float:
+    """Hierarchical F1, the harmonic mean of :func:`hierarchical_precision` and
+    :func:`hierarchical_recall` (HiClass's ``f1``)."""
+    return hierarchical_precision_recall_f1(taxonomy, predictions, labels)[2]
 
 
 def answer_gain(taxonomy, predictions, prior=None) -> np.ndarray:

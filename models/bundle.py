@@ -42,7 +42,7 @@ from hedged.taxonomy import Taxonomy, TaxonomyError
 from hedged.models.data import sha256_file
 from hedged.models.inference import OUTPUTS
 from hedged.models.preprocess import Preprocess
-from hedged.models.registry import ARCHS, create_model
+from hedged.models.registry import ARCHS, create_model, describe_load_error
 from hedged.models.tta import check_angles
 
 FORMAT = "hedged-bundle/1"
@@ -420,7 +420,7 @@ def load_bundle(path=None, *, verify: bool = True) -> Bundle:
     try:
         state = torch.load(path / WEIGHTS, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means an unusable file
-        raise BundleError(f"cannot read {WEIGHTS}: {err}") from None
+        raise BundleError(f"cannot read {WEIGHTS}: {describe_load_error(err)}") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise BundleError(f"{WEIGHTS} does not hold a state dict of tensors")
     model = create_model(arch, num_classes=n_leaves, weights=None)

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,7 +35,7 @@ from torch import nn
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from hedged.models.calibration import accuracy, expected_calibration_error, fit_temperature, nll
+from hedged.models.calibration import T_BOUNDS, accuracy, expected_calibration_error, fit_temperature, nll
 from hedged.models.data import DEFAULT_FRACTIONS, SPLITS, check_fractions, load_dataset, split_by_group
 from hedged.models.inference import predict_logits
 from hedged.models.preprocess import Preprocess
@@ -361,6 +362,44 @@ def _scores(view_logits, y, angles_idx, t):
     return {"accuracy": accuracy(p, y), "nll": nll(p, y), "ece": expected_calibration_error(p, y)}, p
 
 
+#: Fewer validation photos than this cannot choose a temperature and a TTA set reliably.
+MIN_VALIDATION = 30
+
+
+def degenerate_run_warnings(leaves, y_train, n_validation: int) -> list[str]:
+    """Plain-language warnings for a split that will give a poor bundle.
+
+    Parameters
+    ----------
+    leaves : sequence of str
+        The taxonomy's leaves (column order).
+    y_train : array of int
+        Leaf index of every training photo.
+    n_validation : int
+        Photos in the validation split.
+    """
+    out = []
+    counts = np.bincount(np.asarray(y_train, dtype=np.int64), minlength=len(leaves))
+    empty = [leaves[i] for i in np.flatnonzero(counts == 0)]
+    if empty:
+        shown = ", ".join(empty[:5]) + (", ..." if len(empty) > 5 else "")
+        out.append(f"{len(empty)} of {len(leaves)} leaves have no training photos ({shown}): "
+                   "the model cannot learn them")
+    if n_validation < MIN_VALIDATION:
+        out.append(f"the validation split has only {n_validation} photos (fewer than {MIN_VALIDATION}): "
+                   "early stopping, temperature and TTA choice rest on very little")
+    return out
+
+
+def temperature_warning(temperature: float, bounds=T_BOUNDS) -> str | None:
+    """A warning when the fitted temperature sits at an end of its search range (the search hit its limit)."""
+    lo, hi = bounds
+    if temperature <= lo * 1.01 or temperature >= hi * 0.99:
+        return (f"the temperature {temperature:.3g} sits at the end of its range [{lo:g}, {hi:g}]: "
+                "the model's confidence is far off; check the data and the validation split")
+    return None
+
+
 def _train_cached(cfg, model, front, shape, cut, preprocess, data, split, ids, ys, taxonomy, log):
     """The cached-front recipe: cache the frozen front's maps, train the tail on them."""
     def loader(ds):
@@ -526,6 +565,8 @@ def train(cfg: TrainConfig) -> dict:
     data, y_all = data.subset(keep), y_all[keep]
     split = split_by_group(data.groups, fractions, cfg.split_seed, labels=y_all if cfg.stratify else None)
     counts = {s: int(len(v)) for s, v in split.items()}
+    for message in degenerate_run_warnings(taxonomy.leaves, y_all[split["train"]], len(split["validation"])):
+        warnings.warn(message, stacklevel=2)
     log("split by " + (data.group_column or "image") + ": " + ", ".join(
         f"{s} {len(v)} images / {len(set(data.groups[v]))} groups" for s, v in split.items()))
 
@@ -595,6 +636,8 @@ def train(cfg: TrainConfig) -> dict:
         log(f"TTA {list(cand)}: val acc {sc['accuracy']:.4f}  nll {sc['nll']:.4f}  (T={t:.3f})")
     chosen = min(tta_table, key=lambda r: (round(r["val_nll"], 4), len(r["angles"])))
     angles, temperature = tuple(chosen["angles"]), float(chosen["temperature"])
+    if (message := temperature_warning(temperature)) is not None:
+        warnings.warn(message, stacklevel=2)
     ai = [pos[a] for a in angles]
     log(f"chosen TTA angles {list(angles)}, temperature {temperature:.3f}")
 

@@ -320,7 +320,7 @@ def test_leaf_at_target_and_answer_path_agree_with_predict(fitted):
     record = with_path[0].to_dict()
     assert "leaf_at_target" in record and "leaf_at_target" in plain[0].to_dict()
     assert "answer_path" not in plain[0].to_dict()
-    assert record["answer_path"][-1] == {"max_target": 1.0, "node": TAX.root, "name": TAX.root}
+    assert record["answer_path"][-1] == {"max_target": 1.0, "node": TAX.root, "display_name": TAX.root}
 
 
 def test_pac_group_guarantee_uses_the_calibration_groups():
