@@ -12,6 +12,7 @@ import dataclasses
 import inspect
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from numbers import Real
 
@@ -340,6 +341,10 @@ class HedgedClassifier:
         if probs.ndim == 1:
             probs = probs[None, :]
         rule = self.rule(guarantee)
+        if accuracy >= 1.0:
+            # The rules answer the root silently (a curve over targets ends at 1);
+            # a user who asks for 1 is told, as for 0.9999, which no calibration certifies.
+            warnings.warn("accuracy 1 is met only by the root: predicting the root for every sample", stacklevel=2)
         if probs.shape[0] == 0:
             return []
         # One envelope per sample answers the target, the path over targets and
