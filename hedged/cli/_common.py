@@ -87,18 +87,25 @@ def parse_accuracy(text: str) -> float:
 
 
 def parse_tta(text: str | None):
-    """``None`` (the bundle's angles), or a tuple of angles; ``off`` means no rotation."""
+    """``None`` (the bundle's angles), or a tuple of angles; ``off`` means no rotation.
+
+    Checked without importing the library (finite numbers, no empty item), as
+    ``classifier.check_angles`` does, so that a typo costs no start-up.
+    """
+    import math
+
     if text is None:
         return None
-    from hedged.classifier import check_angles
-
     if text.strip().lower() in ("off", "none"):
         return (0.0,)
     try:
         # every item must be an angle: "0,,15" is a typo, not "0,15"
-        return check_angles([float(a) for a in text.split(",")])
+        angles = tuple(float(a) for a in text.split(","))
     except ValueError:
-        raise UsageError(f"--tta must be 'off' or comma-separated degrees like 0,90,180,270, got {text!r}") from None
+        angles = ()
+    if not angles or not all(math.isfinite(a) for a in angles):
+        raise UsageError(f"--tta must be 'off' or comma-separated degrees like 0,90,180,270, got {text!r}")
+    return angles
 
 
 def check_output_dir(path, what: str = "--out") -> Path:

@@ -183,11 +183,12 @@ def main(argv=None) -> int:
 
 
 def _run(args) -> int:
+    # arguments first: a typo is answered before the library is imported
+    accuracy = parse_accuracy(args.accuracy)
+    tta = parse_tta(args.tta)
     from hedged.classifier import UncalibratedError, format_angles
     from hedged.inputs import expand_inputs
 
-    accuracy = parse_accuracy(args.accuracy)
-    tta = parse_tta(args.tta)
     extra = {} if args.max_pixels is None else {"max_pixels": args.max_pixels}
     clf = load_classifier(args.model, guarantee=args.guarantee, batch_size=args.batch_size, **extra)
     try:

@@ -93,7 +93,7 @@ def _fractions(text: str):
 
 def build_parser() -> argparse.ArgumentParser:
     from hedged.cli._common import Parser
-    from hedged.models.training import TrainConfig
+    from hedged.models.config import TrainConfig
 
     d = TrainConfig(data="", taxonomy="", out="")
     p = Parser(prog="hedged train", description=DESCRIPTION, epilog=EPILOG,
