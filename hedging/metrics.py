@@ -20,6 +20,7 @@ __all__ = [
     "hierarchical_recall",
     "hierarchical_f1",
     "hierarchical_precision_recall_f1",
+    "answer_gain",
     "information_gain",
     "depth_shares",
     "leaf_share",
