@@ -8,9 +8,12 @@ straight to the DARTS rule (``hedging.Darts``), calibrated once per guarantee.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import inspect
 import math
 import os
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Sequence
 from numbers import Real
 
 import numpy as np
@@ -19,11 +22,17 @@ from hedged.results import Node, Prediction
 from hedged.hedging import Darts, check_accuracy
 from hedged.taxonomy import Taxonomy
 
-GUARANTEES = ("pac", "expected")
+#: "pac": PAC over photos; "pac-group": PAC over contributors (groups of photos
+#: of one sender as the exchangeable unit, see hedging.groups); "expected".
+GUARANTEES = ("pac", "pac-group", "expected")
 ERRORS = ("raise", "collect")
 # Images decoded at once: bounds memory on huge directories while keeping
 # several CNN batches in flight per chunk.
 _CHUNK = 64
+# Below this many pixels on the shorter side an image carries too little to
+# classify: it is still answered (the guarantee is over the calibration
+# distribution), with a warning in the record.
+TINY_SIDE = 32
 
 
 class UncalibratedError(ValueError):
@@ -72,8 +81,15 @@ def format_angles(angles) -> str:
 
 
 def _is_single_input(inputs) -> bool:
-    """Whether ``inputs`` is one image rather than a collection of them."""
-    if isinstance(inputs, (str, bytes, os.PathLike)):
+    """Whether ``inputs`` is one image rather than a collection of them.
+
+    Raises TypeError for what is neither (``None``, a number).
+    """
+    if isinstance(inputs, (str, bytes, bytearray, memoryview, os.PathLike)):
+        return True
+    if hasattr(inputs, "read"):
+        # A file object (open(..., "rb"), io.BytesIO) is one encoded image; it is
+        # also iterable, line by line, which must not be taken for a batch.
         return True
     if type(inputs).__module__.startswith("PIL."):
         return True
@@ -81,11 +97,30 @@ def _is_single_input(inputs) -> bool:
         return inputs.ndim <= 3  # (H, W) or (H, W, C); (N, H, W, C) is a batch
     if type(inputs).__module__.startswith("torch"):
         return inputs.ndim <= 3  # (C, H, W); (N, C, H, W) is a batch
+    if not isinstance(inputs, Iterable):
+        raise TypeError(
+            "inputs must be an image (path, bytes, file object, PIL image, array, tensor) "
+            f"or an iterable of images, got {type(inputs).__name__}"
+        )
     return False
 
 
 def _source(item) -> str | None:
-    return os.fspath(item) if isinstance(item, (str, os.PathLike)) else None
+    if isinstance(item, (str, os.PathLike)):
+        return os.fspath(item)
+    name = getattr(item, "name", None)  # an open file names its path
+    return name if hasattr(item, "read") and isinstance(name, str) else None
+
+
+def _looks_like_probs(X, n_leaves: int) -> bool:
+    """A 2-D float array (or nested list of rows) with one column per leaf."""
+    if isinstance(X, (list, tuple)) and X and isinstance(X[0], (list, tuple)):
+        X = np.asarray(X, dtype=object)
+        try:
+            X = X.astype(np.float64)
+        except (ValueError, TypeError):
+            return False
+    return isinstance(X, np.ndarray) and X.ndim == 2 and X.shape[1] == n_leaves and X.dtype.kind == "f"
 
 
 class HedgedClassifier:
@@ -96,9 +131,13 @@ class HedgedClassifier:
     ----------
     taxonomy : Taxonomy
         Leaf order = the classifier's posterior columns.
-    guarantee : {"pac", "expected"}
+    guarantee : {"pac", "pac-group", "expected"}
         Default guarantee: ``"pac"`` holds with probability ``1 - delta`` over the
-        calibration set; ``"expected"`` meets the target on the calibration set.
+        calibration set, photos counted as independent draws; ``"pac-group"``
+        the same with contributors as the independent draws and their photos
+        arbitrarily alike (needs calibration groups; far more conservative
+        with few contributors, see docs/hedging.md); ``"expected"`` meets the
+        target on the calibration set.
     delta : float
         Failure probability of the PAC guarantee.
     model, preprocess, tta_angles, temperature
@@ -111,6 +150,10 @@ class HedgedClassifier:
         when the bundle has one). Images judged outside get ``node=None``.
     check_taxonomy : bool
         Default for :meth:`predict`'s ``check_taxonomy``: run the detector.
+    max_pixels : int, optional
+        Refuse images with more pixels (width x height) before decoding them;
+        default: the bundle's recipe (50 million). Raise it for huge scans;
+        large JPEGs are decoded at reduced size (draft mode) whatever the limit.
 
     Examples
     --------
@@ -138,6 +181,7 @@ class HedgedClassifier:
         batch_size: int = 8,
         detector=None,
         check_taxonomy: bool = True,
+        max_pixels: int | None = None,
     ):
         if not isinstance(taxonomy, Taxonomy):
             raise TypeError(f"taxonomy must be a taxonomy.Taxonomy, got {type(taxonomy).__name__}")
@@ -146,11 +190,15 @@ class HedgedClassifier:
         self.delta = delta
         self.model = model
         self.preprocess = preprocess
-        self.tta_angles = check_angles(tta_angles)
+        angles = check_angles(tta_angles)
+        # keep the very object when it is already in normal form: sklearn.base.clone
+        # checks that the constructor stores its parameters unchanged
+        self.tta_angles = tta_angles if isinstance(tta_angles, tuple) and tta_angles == angles else angles
         self.temperature = temperature
         self.batch_size = batch_size
         self.detector = detector
         self.check_taxonomy = bool(check_taxonomy)
+        self.max_pixels = max_pixels
         self._rules: dict[str, Darts] = {}
         self._nodes: dict[str, Node] = {}
         self._gain = None
@@ -182,9 +230,9 @@ class HedgedClassifier:
             **{"detector": bundle.detector, **kwargs},
         )
         clf.bundle_ = bundle
-        return clf.fit(bundle.calibration_probs, bundle.calibration_labels)
+        return clf.fit(bundle.calibration_probs, bundle.calibration_labels, getattr(bundle, "calibration_groups", None))
 
-    def fit(self, probs, labels) -> HedgedClassifier:
+    def fit(self, probs, labels, groups=None) -> HedgedClassifier:
         """Store calibration posteriors and labels; the rule for each guarantee
         is fitted from them on first use.
 
@@ -195,17 +243,28 @@ class HedgedClassifier:
             and temperature as the predictions will be).
         labels : array-like, shape (n,)
             Leaf indices, leaf names or dataset labels (aliases).
+        groups : array-like, shape (n,), optional
+            Contributor of each calibration sample (e.g. hashed sender ids);
+            needed by ``guarantee="pac-group"``.
         """
         probs = np.asarray(probs, dtype=np.float64)
         if probs.ndim != 2 or probs.shape[1] != self.taxonomy.n_leaves:
             raise ValueError(
                 f"calibration probs must have shape (n, {self.taxonomy.n_leaves}), got {probs.shape}"
             )
+        if probs.shape[0] == 0:
+            # Said now, not as a warning at every predict.
+            raise ValueError("no calibration samples: fit needs at least one row of probs and labels")
         labels = self.taxonomy.resolve_labels(np.asarray(labels))
         if labels.shape != (probs.shape[0],):
             raise ValueError(f"calibration labels must have shape ({probs.shape[0]},), got {labels.shape}")
+        if groups is not None:
+            groups = np.asarray(groups)
+            if groups.shape != (probs.shape[0],):
+                raise ValueError(f"calibration groups must have shape ({probs.shape[0]},), got {groups.shape}")
         self.calibration_probs_ = probs
         self.calibration_labels_ = labels
+        self.calibration_groups_ = groups
         self._rules = {}
         return self
 
@@ -217,8 +276,16 @@ class HedgedClassifier:
                 raise UncalibratedError(
                     "HedgedClassifier is not calibrated: call fit(probs, labels) or use from_bundle()"
                 )
-            rule = Darts(self.taxonomy, guarantee=guarantee, delta=self.delta)
-            self._rules[guarantee] = rule.fit(self.calibration_probs_, self.calibration_labels_)
+            groups = None
+            if guarantee == "pac-group":
+                groups = getattr(self, "calibration_groups_", None)
+                if groups is None:
+                    raise UncalibratedError(
+                        "guarantee 'pac-group' needs the contributor of each calibration photo: "
+                        "fit(probs, labels, groups) or a bundle that stores calibration groups"
+                    )
+            rule = Darts(self.taxonomy, guarantee="expected" if guarantee == "expected" else "pac", delta=self.delta)
+            self._rules[guarantee] = rule.fit(self.calibration_probs_, self.calibration_labels_, groups)
         return self._rules[guarantee]
 
     def node(self, name) -> Node:
@@ -252,7 +319,7 @@ class HedgedClassifier:
         probs : array-like, shape (N, n_leaves) or (n_leaves,)
         accuracy : float in (0, 1]
             Target accuracy; any value, the calibration is shared.
-        guarantee : {"pac", "expected"}, optional
+        guarantee : {"pac", "pac-group", "expected"}, optional
             Default: the classifier's.
         sources : sequence of str, optional
             Names to put in ``Prediction.source``.
@@ -278,6 +345,10 @@ class HedgedClassifier:
         if probs.ndim == 1:
             probs = probs[None, :]
         rule = self.rule(guarantee)
+        if accuracy >= 1.0:
+            # The rules answer the root silently (a curve over targets ends at 1);
+            # a user who asks for 1 is told, as for 0.9999, which no calibration certifies.
+            warnings.warn("accuracy 1 is met only by the root: predicting the root for every sample", stacklevel=2)
         if probs.shape[0] == 0:
             return []
         # One envelope per sample answers the target, the path over targets and
@@ -374,16 +445,27 @@ class HedgedClassifier:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         sources = [_source(x) for x in items]
         failures: dict[int, str] = {}
+        notes: dict[int, list[str]] = {}
         ok_rows: list[int] = []
         chunks, verdicts, scores = [], [], []
         check = check_taxonomy and self.detector is not None
+        recipe = self.preprocess
+        if self.max_pixels is not None:
+            recipe = dataclasses.replace(recipe, max_pixels=self.max_pixels)
         for start in range(0, len(items), _CHUNK):
             images, rows = [], []
             for i in range(start, min(start + _CHUNK, len(items))):
                 try:
                     # The recipe's loader decodes JPEGs at reduced size when it can.
-                    images.append(self.preprocess.load(items[i]))
+                    image = recipe.load(items[i])
+                    images.append(image)
                     rows.append(i)
+                    if min(image.size) < TINY_SIDE:
+                        w, h = image.size
+                        notes[i] = [
+                            f"tiny image ({w}x{h} pixels, under {TINY_SIDE} on a side): "
+                            "the answer says little about it"
+                        ]
                 except (ImageLoadError, OSError) as err:
                     if errors == "raise":
                         # Messages about files name the file; say which in-memory input it was.
@@ -413,7 +495,7 @@ class HedgedClassifier:
         ood = None
         if check:
             ood = (np.concatenate(verdicts), np.concatenate(scores)) if verdicts else (np.zeros(0, bool), np.zeros(0))
-        return sources, np.asarray(ok_rows, dtype=np.int64), probs, failures, ood
+        return sources, np.asarray(ok_rows, dtype=np.int64), probs, failures, ood, notes
 
     def predict_proba(
         self,
@@ -433,7 +515,7 @@ class HedgedClassifier:
         The other arguments are those of :meth:`predict`.
         """
         angles, _ = self.resolve_tta(tta, allow_uncalibrated)
-        sources, ok_rows, probs, _, _ = self._infer(inputs, angles, errors, batch_size, progress)
+        sources, ok_rows, probs, _, _, _ = self._infer(inputs, angles, errors, batch_size, progress)
         if ok_rows.size == len(sources):
             return probs
         out = np.full((len(sources), self.taxonomy.n_leaves), np.nan)
@@ -462,7 +544,7 @@ class HedgedClassifier:
         accuracy : float in (0, 1]
             Target accuracy (probability that the answered node contains the
             true class).
-        guarantee : {"pac", "expected"}, optional
+        guarantee : {"pac", "pac-group", "expected"}, optional
         errors : {"raise", "collect"}
             ``"collect"``: an input that cannot be read gives a ``Prediction``
             with ``error`` set, the others are classified.
@@ -490,7 +572,7 @@ class HedgedClassifier:
         angles, calibrated = self.resolve_tta(tta, allow_uncalibrated)
         self.rule(guarantee)  # calibration problems surface before the CNN runs
         check = self.check_taxonomy if check_taxonomy is None else bool(check_taxonomy)
-        sources, ok_rows, probs, failures, ood = self._infer(inputs, angles, errors, batch_size, progress, check)
+        sources, ok_rows, probs, failures, ood, notes = self._infer(inputs, angles, errors, batch_size, progress, check)
         done = self.predict_from_probs(
             probs,
             accuracy,
@@ -503,10 +585,67 @@ class HedgedClassifier:
         )
         out: list[Prediction | None] = [None] * len(sources)
         for i, pred in zip(ok_rows, done):
-            out[i] = pred
+            out[i] = dataclasses.replace(pred, warnings=tuple(notes[i])) if i in notes else pred
         for i, msg in failures.items():
             out[i] = Prediction.failed(sources[i], msg, accuracy, guarantee)
         return out
+
+    # ------------------------------------------------------------------ scikit-learn conventions
+    @classmethod
+    def _get_param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return [p.name for p in sig.parameters.values() if p.name != "self" and p.kind != p.VAR_KEYWORD]
+
+    def get_params(self, deep: bool = True) -> dict:
+        """The constructor parameters (scikit-learn convention; ``sklearn.base.clone`` uses it).
+
+        ``deep`` is accepted for compatibility; no parameter is itself an estimator.
+        """
+        return {name: getattr(self, name) for name in self._get_param_names()}
+
+    def set_params(self, **params) -> HedgedClassifier:
+        """Set constructor parameters; the calibrated rules are refitted on next use."""
+        valid = self._get_param_names()
+        for name, value in params.items():
+            if name not in valid:
+                raise ValueError(f"invalid parameter {name!r} for HedgedClassifier; valid: {', '.join(valid)}")
+            if name == "guarantee":
+                value = check_guarantee(value)
+            elif name == "tta_angles":
+                value = check_angles(value)
+            elif name == "taxonomy" and not isinstance(value, Taxonomy):
+                raise TypeError(f"taxonomy must be a taxonomy.Taxonomy, got {type(value).__name__}")
+            setattr(self, name, value)
+        # delta, guarantee and taxonomy change the fitted rules and the node tables
+        self._rules, self._nodes, self._gain, self._specific = {}, {}, None, None
+        return self
+
+    def score(self, X, y, accuracy: float = 0.95, guarantee: str | None = None) -> float:
+        """Hierarchical accuracy of the hedged answers: the share whose node contains the true leaf.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, n_leaves), or images
+            A 2-D float array with one column per leaf is taken as posteriors
+            (:meth:`predict_from_probs`); anything else as images (:meth:`predict`).
+        y : array-like of shape (n,)
+            True leaves: indices, leaf names or dataset labels.
+        accuracy : float in (0, 1]
+            The target the answers are made for.
+
+        Returns
+        -------
+        float
+            :func:`hedged.hedging.metrics.hierarchical_accuracy` of the answers,
+            to be compared with ``accuracy``.
+        """
+        from hedged.hedging.metrics import hierarchical_accuracy
+
+        if _looks_like_probs(X, self.taxonomy.n_leaves):
+            preds = self.predict_from_probs(X, accuracy, guarantee)
+        else:
+            preds = self.predict(X, accuracy, guarantee)
+        return hierarchical_accuracy(self.taxonomy, [p.node.name for p in preds], y)
 
     # ------------------------------------------------------------------ explanations
     def explain(

@@ -6,8 +6,11 @@ import glob
 import os
 from pathlib import Path
 
+# HEIC/HEIF (pillow-heif) and AVIF (Pillow) are phone formats: found in
+# directories like the others, never skipped silently.
 IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm",
+     ".heic", ".heif", ".avif"}
 )
 _GLOB_CHARS = frozenset("*?[")
 
@@ -24,7 +27,7 @@ def _images_in(directory: Path) -> list[str]:
     return found
 
 
-def expand_inputs(args) -> list[tuple[str, str | None]]:
+def expand_inputs(args, *, repeats: dict | None = None) -> list[tuple[str, str | None]]:
     """Expand paths, directories (recursively, image extensions only) and globs.
 
     Parameters
@@ -40,14 +43,21 @@ def expand_inputs(args) -> list[tuple[str, str | None]]:
         gave nothing (missing file, empty directory, glob without matches). A
         file named explicitly is passed on whatever its extension, so that an
         unreadable one is reported rather than silently skipped.
+
+    A path met more than once (named twice, or also inside a named directory)
+    is kept once, at its first place; ``repeats``, when given, receives
+    ``path -> times met`` for those paths, so that the caller can say so.
     """
     out: list[tuple[str, str | None]] = []
     seen: set[str] = set()
 
     def add(path: str) -> None:
-        if path not in seen:
-            seen.add(path)
+        key = os.path.normpath(path)
+        if key not in seen:
+            seen.add(key)
             out.append((path, None))
+        elif repeats is not None:
+            repeats[path] = repeats.get(path, 1) + 1
 
     for arg in args:
         arg = os.fspath(arg)

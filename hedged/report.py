@@ -82,13 +82,16 @@ def reliability_bins(probs: np.ndarray, y: np.ndarray, n_bins: int = ECE_BINS) -
 
 
 def _rule_metrics(taxonomy, rule, test_probs, test_y, targets, table_targets, alpha):
-    """Curve over ``targets``, table rows for ``table_targets`` and depth shares of one fitted rule."""
-    curve = hm.accuracy_specificity_curve(rule, test_probs, test_y, targets, alpha=alpha)
-    rows = hm.accuracy_specificity_curve(rule, test_probs, test_y, table_targets, alpha=alpha)
+    """Curve over ``targets``, table rows for ``table_targets``, depth shares and the
+    answers at the table targets of one fitted rule (one envelope pass for all targets)."""
+    every = np.r_[targets, table_targets]
+    pred = rule.predict_index(test_probs, accuracy=every)
+    grid, at_table = pred[:, : len(targets)], pred[:, len(targets) :]
+    curve = hm.accuracy_specificity_curve(rule, test_probs, test_y, targets, alpha=alpha, predictions=grid)
+    rows = hm.accuracy_specificity_curve(rule, test_probs, test_y, table_targets, alpha=alpha, predictions=at_table)
     table = []
     for i, t in enumerate(table_targets):
-        pred = rule.predict_index(test_probs, accuracy=float(t))
-        _, _, hf1 = hm.hierarchical_precision_recall_f1(taxonomy, pred, test_y)
+        _, _, hf1 = hm.hierarchical_precision_recall_f1(taxonomy, at_table[:, i], test_y)
         table.append(
             {
                 "target": float(t),
@@ -96,14 +99,42 @@ def _rule_metrics(taxonomy, rule, test_probs, test_y, targets, table_targets, al
                 "ci_low": rows["ci_low"][i],
                 "ci_high": rows["ci_high"][i],
                 "info_gain": rows["info_gain"][i],
+                "info_gain_correct": rows["info_gain_correct"][i],
                 "leaf_share": rows["leaf_share"][i],
                 "root_share": rows["root_share"][i],
                 "hierarchical_f1": hf1,
                 "met": bool(rows["accuracy"][i] >= t),
             }
         )
-    depth = np.stack([hm.depth_shares(taxonomy, rule.predict_index(test_probs, accuracy=float(t))) for t in targets])
-    return curve, table, depth
+    depth = np.stack([hm.depth_shares(taxonomy, grid[:, i]) for i in range(len(targets))])
+    return curve, table, depth, at_table
+
+
+def per_class(taxonomy: Taxonomy, pred: np.ndarray, y: np.ndarray, targets) -> list[dict]:
+    """Accuracy and leaf share of one rule's answers per true class, at each target.
+
+    ``pred`` holds one column per target. A class without test samples gets
+    ``n = 0`` and null figures.
+    """
+    correct = taxonomy.is_correct(pred, np.broadcast_to(y[:, None], pred.shape)) if pred.size else np.zeros(pred.shape, bool)
+    is_leaf = np.zeros(taxonomy.n_nodes, dtype=bool)
+    is_leaf[np.asarray(taxonomy.node_index(list(taxonomy.leaves)))] = True
+    leafy = is_leaf[pred]
+    out = []
+    for j, leaf in enumerate(taxonomy.leaves):
+        rows = y == j
+        n = int(rows.sum())
+        out.append(
+            {
+                "leaf": leaf,
+                "name": taxonomy.display_name(leaf),
+                "n": n,
+                "targets": [float(t) for t in targets],
+                "accuracy": [float(correct[rows, i].mean()) if n else None for i in range(len(targets))],
+                "leaf_share": [float(leafy[rows, i].mean()) if n else None for i in range(len(targets))],
+            }
+        )
+    return out
 
 
 def evaluate(
@@ -118,6 +149,7 @@ def evaluate(
     alpha: float = 0.05,
     targets=GRID_TARGETS,
     table_targets=TABLE_TARGETS,
+    cal_groups=None,
 ) -> dict:
     """Fit every rule on the calibration split and measure it on the test split.
 
@@ -127,7 +159,9 @@ def evaluate(
     cal_probs, test_probs : array-like, shape (n, n_leaves)
     cal_labels, test_labels : array-like, shape (n,)
         Leaf indices, names or aliases.
-    guarantee, delta
+    guarantee : {"pac", "pac-group", "expected"}
+        ``"pac-group"``: the PAC bound over contributors (needs ``cal_groups``).
+    delta : float
         Passed to every rule.
     alpha : float
         Level of the Clopper-Pearson intervals on achieved accuracy.
@@ -135,6 +169,8 @@ def evaluate(
         The grid of accuracy targets for the curves.
     table_targets : sequence of float
         Targets of the summary table.
+    cal_groups : array-like (n_cal,), optional
+        Contributor of each calibration sample, for ``guarantee="pac-group"``.
 
     Returns
     -------
@@ -145,17 +181,42 @@ def evaluate(
     targets = np.asarray(targets, dtype=np.float64)
     table_targets = np.asarray(table_targets, dtype=np.float64)
 
-    curves, table, depth = {}, {}, None
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    if guarantee == "pac-group" and cal_groups is None:
+        raise ValueError("guarantee 'pac-group' needs cal_groups (the contributor of each calibration sample)")
+    groups = cal_groups if guarantee == "pac-group" else None
+    rule_guarantee = "expected" if guarantee == "expected" else "pac"
+    curves, table, depth, classes = {}, {}, None, None
+    every = np.r_[targets, table_targets]
+    fallback = {}
+    with warnings.catch_warnings():
+        # The rules warn per call when a target falls back to the root; the
+        # report gathers that into one note and one console warning below.
+        warnings.simplefilter("ignore")
         for key, cls in RULES.items():
-            rule = cls(taxonomy, guarantee=guarantee, delta=delta).fit(cal_probs, cal_y)
-            curves[key], table[key], d = _rule_metrics(taxonomy, rule, test_probs, test_y, targets, table_targets, alpha)
+            rule = cls(taxonomy, guarantee=rule_guarantee, delta=delta).fit(cal_probs, cal_y, groups)
+            curves[key], table[key], d, at_table = _rule_metrics(
+                taxonomy, rule, test_probs, test_y, targets, table_targets, alpha
+            )
+            if key != "flat":
+                failed = rule.calibration_.select_many(every)[1] | (rule.calibration_.n == 0)
+                if failed.any():
+                    fallback[RULE_LABELS[key]] = float(every[failed].min())
             if key == "darts":
                 depth = d
-    # Rules warn e.g. when the calibration set is too small to certify a target;
-    # the report states it instead of the terminal.
-    notes = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))
+                classes = per_class(taxonomy, at_table, test_y, table_targets)
+    notes = []
+    if fallback:
+        unit = "contributors" if groups is not None else "images"
+        n_units = len(np.unique(np.asarray(groups))) if groups is not None else int(cal_y.size)
+        lowest = min(fallback.values())
+        notes.append(
+            f"The calibration set ({n_units} {unit}) is too small to "
+            + ("certify" if guarantee != "expected" else "reach")
+            + f" every target: from {lowest:g} up, "
+            + ", ".join(f"{k} (from {v:g})" for k, v in fallback.items())
+            + " answer the root for every image."
+        )
+        warnings.warn(notes[-1], stacklevel=2)
 
     top1 = test_probs.argmax(axis=1)
     confusion = None
@@ -184,6 +245,7 @@ def evaluate(
         "depth_shares": {"rule": "darts", "targets": targets, "shares": depth},
         "table": table,
         "confusion": None if confusion is None else {"leaves": list(taxonomy.leaves), "counts": confusion},
+        "per_class": {"rule": "darts", "classes": classes},
         "notes": notes,
     }
 
@@ -215,7 +277,14 @@ def plot_accuracy_specificity(metrics: dict, path) -> Path:
     for key, c in metrics["curves"].items():
         color, marker = _STYLE[key]
         ax.plot(c["info_gain"], c["accuracy"], marker=marker, ms=3, lw=1.5, color=color, label=RULE_LABELS[key])
-    ax.set_xlabel("specificity: mean normalised information gain")
+        if key == "flat":
+            continue
+        # The summary table's targets, marked and labelled on each hedging rule's curve.
+        for r in metrics["table"][key]:
+            ax.plot(r["info_gain"], r["accuracy"], marker=marker, ms=7, mfc="none", mec=color, mew=1.2)
+            ax.annotate(f"{r['target']:g}", (r["info_gain"], r["accuracy"]), textcoords="offset points",
+                        xytext=(5, -9), fontsize=7, color=color)
+    ax.set_xlabel("specificity: mean normalised information gain of the answers")
     ax.set_ylabel("achieved hierarchical accuracy")
     ax.set_xlim(-0.02, 1.02)
     ax.grid(alpha=0.3)
@@ -281,13 +350,21 @@ def plot_reliability(metrics: dict, path) -> Path:
     ax.bar(edges[:-1][has], np.abs(conf - acc)[has], bottom=low, width=width[has], align="edge",
            fill=False, hatch="///", edgecolor="C3", lw=0.8, label="gap to mean confidence")
     ax.plot([0, 1], [0, 1], "k--", lw=1)
+    for x0, w, a, n in zip(edges[:-1][has], width[has], acc[has], count[has]):
+        ax.text(x0 + w / 2, min(a, 0.93) + 0.015, str(int(n)), ha="center", va="bottom", fontsize=6, color="0.25")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    ax.set_xlabel("top-1 confidence")
+    ax.set_xlabel("top-1 confidence (numbers: images per bin)")
     ax.set_ylabel("top-1 accuracy")
     ax.legend(loc="upper left", fontsize=8)
     ax.set_title(f"Leaf posteriors: ECE = {metrics['leaf']['ece']:.3f}")
     return _save(fig, Path(path))
+
+
+def _hatched_row(i: int, n: int):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((-0.5, i - 0.5), n, 1, fill=False, hatch="////", edgecolor="0.6", lw=0)
 
 
 def plot_confusion(metrics: dict, taxonomy: Taxonomy, path) -> Path:
@@ -301,13 +378,21 @@ def plot_confusion(metrics: dict, taxonomy: Taxonomy, path) -> Path:
     ax = fig.add_subplot()
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true leaf's images")
+    empty = rows[:, 0] == 0
+    for i in np.flatnonzero(empty):
+        # No test image of this class: a hatched row, not a blank one that reads as "never right".
+        ax.add_patch(_hatched_row(i, n))
+    if n <= 30:
+        for i, j in zip(*np.nonzero(counts)):
+            ax.text(j, i, str(int(counts[i, j])), ha="center", va="center", fontsize=6,
+                    color="white" if norm[i, j] > 0.6 else "black")
     if n <= 60:
-        names = [taxonomy.display_name(leaf) for leaf in taxonomy.leaves]
-        ax.set_xticks(range(n), names, rotation=90, fontsize=7)
+        names = [taxonomy.display_name(leaf) + (" (no test image)" if e else "") for leaf, e in zip(taxonomy.leaves, empty)]
+        ax.set_xticks(range(n), [taxonomy.display_name(leaf) for leaf in taxonomy.leaves], rotation=90, fontsize=7)
         ax.set_yticks(range(n), names, fontsize=7)
     ax.set_xlabel("top-1 leaf")
     ax.set_ylabel("true leaf")
-    ax.set_title("Leaf confusion (test split)")
+    ax.set_title("Leaf confusion (test split; numbers: images)")
     return _save(fig, Path(path))
 
 
@@ -324,8 +409,12 @@ def _markdown(metrics: dict, figures: dict, title: str, provenance: Mapping | No
         f"Hedged predictions calibrated on **{m['n_calibration']}** images and measured on **{m['n_test']}** "
         f"held-out images; taxonomy with {m['n_leaves']} leaves, {m['n_nodes']} nodes, depth {m['max_depth']}. "
         f"Guarantee: **{m['guarantee']}**"
-        + (f" (holds with probability {1 - m['delta']:.2f} over the calibration set)" if m["guarantee"] == "pac" else
-           " (calibration accuracy meets the target)")
+        + {
+            "pac": f" (holds with probability {1 - m['delta']:.2f} over the calibration set, images counted as "
+                   "independent draws)",
+            "pac-group": f" (holds with probability {1 - m['delta']:.2f} over the calibration set, contributors "
+                         "counted as the independent draws and their images as arbitrarily alike)",
+        }.get(m["guarantee"], " (calibration accuracy meets the target)")
         + ".",
         "",
         f"Leaf classifier alone: top-1 accuracy {_pct(m['leaf']['top1_accuracy'])}, "
@@ -333,9 +422,14 @@ def _markdown(metrics: dict, figures: dict, title: str, provenance: Mapping | No
         "",
         "## Accuracy targets",
         "",
-        f"Achieved hierarchical accuracy on the test split with its {100 * (1 - m['alpha']):.0f}% Clopper-Pearson "
-        "interval, specificity (mean normalised information gain: 1 = always the correct leaf, 0 = always "
-        "the root) and the share of answers that are leaves.",
+        f"Achieved hierarchical accuracy (share of answers whose node contains the true class) on the test "
+        f"split with its {100 * (1 - m['alpha']):.0f}% Clopper-Pearson interval; **info gain**: the mean over "
+        "images of the answer's normalised information gain, the number each image shows (1 = a leaf, 0 = the "
+        "root, right or wrong; `metrics.json` also has `info_gain_correct`, wrong answers counted as 0); "
+        "**leaf share**: answers that are a single class; **hier. F1**: micro-averaged hierarchical F1 "
+        "(HiClass): the answer and the true class each stand for themselves plus their ancestors without the "
+        "root, precision = shared / answered nodes, recall = shared / true nodes. Every figure counts the "
+        "answer users get (a node with one child is named by that child).",
         "",
         "| rule | target | achieved | CI | info gain | leaf share | hier. F1 |",
         "|---|---:|---:|---|---:|---:|---:|",
@@ -352,19 +446,40 @@ def _markdown(metrics: dict, figures: dict, title: str, provenance: Mapping | No
             )
     captions = {
         "accuracy_specificity": ("Accuracy vs specificity",
-                                 "Each point is one accuracy target; up and to the right is better: more "
-                                 "information at the same accuracy."),
+                                 "Each point is one accuracy target (the table's targets circled and labelled); "
+                                 "up and to the right is better: more information at the same accuracy."),
         "target_accuracy": ("Achieved vs target accuracy",
                             "Shaded: Clopper-Pearson intervals. A calibrated rule stays on or above the "
                             "diagonal; the flat classifier ignores the target."),
         "depth_shares": ("Depth of DARTS answers", "How often DARTS answers at each depth as the target rises."),
         "reliability": ("Reliability of the leaf posteriors",
                         "Top-1 confidence of the leaf posteriors (as the rules see them) against top-1 "
-                        "accuracy, in equal-width bins."),
-        "confusion": ("Leaf confusion", "Rows: true leaf (normalised); columns: the top-1 leaf."),
+                        "accuracy, in equal-width bins; the number above a bar is its count of images."),
+        "confusion": ("Leaf confusion", "Rows: true leaf (colour: share of the row); columns: the top-1 leaf; "
+                                        "numbers: images. A hatched row is a class without test images."),
     }
     if m.get("notes"):
         lines += ["", "Notes from the rules:", ""] + [f"- {n}" for n in m["notes"]]
+    classes = (m.get("per_class") or {}).get("classes")
+    if classes:
+        targets = classes[0]["targets"]
+        lines += [
+            "",
+            "## Per class (DARTS)",
+            "",
+            "Achieved accuracy / leaf share among the test images of each true class, at each target: "
+            "which classes pay for the guarantee.",
+            "",
+            "| class | test images | " + " | ".join(f"{_pct(t)}" for t in targets) + " |",
+            "|---|---:|" + "---:|" * len(targets),
+        ]
+        for c in classes:
+            cells = (
+                ["no test image"] * len(targets)
+                if c["n"] == 0
+                else [f"{_pct(a)} / {_pct(ls)}" for a, ls in zip(c["accuracy"], c["leaf_share"])]
+            )
+            lines.append(f"| {c['name']} | {c['n']} | " + " | ".join(cells) + " |")
     for key, fname in figures.items():
         head, text = captions[key]
         lines += ["", f"## {head}", "", text, "", f"![{head}]({fname})"]
@@ -400,7 +515,7 @@ def write_report(
     provenance : mapping, optional
         Where the numbers come from (model, data, command); written to both files.
     **evaluate_kwargs
-        ``guarantee``, ``delta``, ``alpha``, ``targets``, ``table_targets``.
+        ``guarantee``, ``delta``, ``alpha``, ``targets``, ``table_targets``, ``cal_groups``.
 
     Returns
     -------

@@ -82,7 +82,7 @@ class Prediction:
     accuracy : float
         The accuracy target the node was chosen for.
     guarantee : str
-        ``"pac"`` or ``"expected"``: how the target is guaranteed.
+        ``"pac"``, ``"pac-group"`` or ``"expected"``: how the target is guaranteed.
     guaranteed : bool
         False when the input was classified with a test-time augmentation the
         calibration was not made for: then the accuracy guarantee does not hold.
@@ -105,6 +105,8 @@ class Prediction:
         off, posteriors from another classifier, or a bundle without a detector).
     taxonomy_score : float or None
         The detector's score (higher = more like the taxonomy's photos).
+    warnings : tuple of str
+        Reasons to trust this answer less (a tiny image); empty for most.
     """
 
     source: str | None
@@ -121,6 +123,7 @@ class Prediction:
     answer_path: tuple[tuple[float, Node], ...] | None = None
     in_taxonomy: bool | None = None
     taxonomy_score: float | None = None
+    warnings: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -154,7 +157,7 @@ class Prediction:
 
         ``leaf_at_target`` is always there (null if never a leaf);
         ``answer_path`` only when the prediction carries it, as a list of
-        ``{"max_target", "node", "name"}`` objects.
+        ``{"max_target", "node", "display_name"}`` objects.
         """
         if self.error is not None:
             return {"image": self.source, "error": self.error}
@@ -164,7 +167,7 @@ class Prediction:
             "in_taxonomy": self.in_taxonomy,
             "taxonomy_score": self.taxonomy_score,
             "node": None if node is None else node.name,
-            "name": None if node is None else node.display_name,
+            "display_name": None if node is None else node.display_name,
             "path": None if node is None else list(node.path),
             "depth": None if node is None else node.depth,
             "probability": None if node is None else self.probability,
@@ -172,15 +175,16 @@ class Prediction:
             "leaves": None if node is None else list(node.leaves),
             "labels": None if node is None else list(node.labels),
             "leaf_guess": self.leaf.name,
-            "leaf_guess_name": self.leaf.display_name,
+            "leaf_guess_display_name": self.leaf.display_name,
             "leaf_probability": self.leaf_probability,
             "accuracy_target": self.accuracy,
             "guarantee": self.guarantee,
             "guarantee_holds": self.guaranteed,
             "leaf_at_target": self.leaf_at_target,
+            "warnings": list(self.warnings),
         }
         if self.answer_path is not None:
             out["answer_path"] = [
-                {"max_target": t, "node": node.name, "name": node.display_name} for t, node in self.answer_path
+                {"max_target": t, "node": node.name, "display_name": node.display_name} for t, node in self.answer_path
             ]
         return out

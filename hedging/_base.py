@@ -22,7 +22,7 @@ import numbers
 import warnings
 
 import numpy as np
-from scipy import stats
+from scipy import special
 
 #: Tolerance on row sums of the posterior matrix.
 ROW_SUM_TOL = 1e-3
@@ -65,11 +65,17 @@ def check_probs(probs, n_leaves: int, name: str = "probs") -> np.ndarray:
         raise ValueError(f"{name} contains NaN or infinite values (first in row {int(np.argmax(bad))})")
     if arr.min() < 0:
         row = int(np.argmax((arr < 0).any(axis=1)))
-        raise ValueError(f"{name} contains negative values (first in row {row})")
+        raise ValueError(
+            f"{name} contains negative values (first in row {row}): these look like logits or scores, "
+            "not probabilities; apply a softmax first"
+        )
     off = np.abs(sums - 1.0) > ROW_SUM_TOL
     if off.any():
         row = int(np.argmax(off))
-        raise ValueError(f"{name} rows must sum to 1 within {ROW_SUM_TOL:g}; row {row} sums to {sums[row]:.6g}")
+        raise ValueError(
+            f"{name} rows must sum to 1 within {ROW_SUM_TOL:g}; row {row} sums to {sums[row]:.6g} "
+            "(if these are logits or scores, apply a softmax first)"
+        )
     return arr
 
 
@@ -111,7 +117,10 @@ def clopper_pearson_lower(k, n: int, delta: float) -> np.ndarray:
     """
     k = np.asarray(k, dtype=np.float64)
     with np.errstate(invalid="ignore"):
-        low = stats.beta.ppf(delta, k, n - k + 1)
+        # the Beta(k, n-k+1) quantile: scipy.special's inverse incomplete beta is what
+        # stats.beta.ppf computes (identical numbers) without importing scipy.stats,
+        # which costs a large share of a command's start-up
+        low = special.betaincinv(k, n - k + 1, delta)
     return np.where(k > 0, low, 0.0)
 
 
@@ -335,6 +344,9 @@ class HedgingRule:
         self._check_params()
         self._prepare()
         probs = check_probs(probs, self.taxonomy.n_leaves)
+        if probs.shape[0] == 0:
+            # Said here rather than as a warning at every predict.
+            raise ValueError("no calibration samples: fit needs at least one row of probs and labels")
         y = self._check_labels(labels, probs.shape[0])
         codes = None
         if groups is not None:

@@ -14,6 +14,20 @@ from scipy import stats
 
 from hedged.hedging._base import check_accuracy, check_probs
 
+__all__ = [
+    "hierarchical_accuracy",
+    "hierarchical_precision",
+    "hierarchical_recall",
+    "hierarchical_f1",
+    "hierarchical_precision_recall_f1",
+    "answer_gain",
+    "information_gain",
+    "depth_shares",
+    "leaf_share",
+    "clopper_pearson",
+    "accuracy_specificity_curve",
+]
+
 
 def _indices(taxonomy, predictions, labels=None):
     pred = np.atleast_1d(np.asarray(taxonomy.node_index(predictions), dtype=np.int64))
@@ -153,7 +167,52 @@ def hierarchical_precision_recall_f1(taxonomy, predictions, labels):
     return float(precision), float(recall), float(f1)
 
 
-def accuracy_specificity_curve(rule, probs, labels, targets, alpha: float = 0.05) -> dict:
+def hierarchical_precision(taxonomy, predictions, labels) -> float:
+    """Micro-averaged hierarchical precision ``sum|P & T| / sum|P|`` (HiClass's ``precision``).
+
+    See :func:`hierarchical_precision_recall_f1` for the definition.
+
+    Examples
+    --------
+    >>> hierarchical_precision(tax, ["animal"], ["dog"])  # doctest: +SKIP
+    1.0
+    """
+    return hierarchical_precision_recall_f1(taxonomy, predictions, labels)[0]
+
+
+def hierarchical_recall(taxonomy, predictions, labels) -> float:
+    """Micro-averaged hierarchical recall ``sum|P & T| / sum|T|`` (HiClass's ``recall``).
+
+    See :func:`hierarchical_precision_recall_f1` for the definition.
+
+    Examples
+    --------
+    >>> hierarchical_recall(tax, ["animal"], ["dog"])  # {animal} of {animal, dog}  # doctest: +SKIP
+    0.5
+    """
+    return hierarchical_precision_recall_f1(taxonomy, predictions, labels)[1]
+
+
+def hierarchical_f1(taxonomy, predictions, labels) -> float:
+    """Hierarchical F1, the harmonic mean of :func:`hierarchical_precision` and
+    :func:`hierarchical_recall` (HiClass's ``f1``)."""
+    return hierarchical_precision_recall_f1(taxonomy, predictions, labels)[2]
+
+
+def answer_gain(taxonomy, predictions, prior=None) -> np.ndarray:
+    """Per-sample normalised information gain of the answered node, right or wrong.
+
+    What a user is shown per image (``Prediction.info_gain``): the reward of
+    the node divided by a leaf's, so a leaf scores 1 and the root 0. One leaf
+    in the taxonomy: every answer scores 1.
+    """
+    pred, _ = _indices(taxonomy, predictions)
+    bits = np.asarray(taxonomy.rewards(prior))[pred]
+    top = np.log2(taxonomy.n_leaves)
+    return bits / top if top > 0 else np.ones_like(bits)
+
+
+def accuracy_specificity_curve(rule, probs, labels, targets, alpha: float = 0.05, predictions=None) -> dict:
     """Achieved accuracy and specificity of a fitted rule over accuracy targets.
 
     Parameters
@@ -165,12 +224,17 @@ def accuracy_specificity_curve(rule, probs, labels, targets, alpha: float = 0.05
     targets : array-like of float in (0, 1]
     alpha : float
         Level of the Clopper-Pearson interval on the achieved accuracy.
+    predictions : array (n_samples, n_targets), optional
+        ``rule.predict_index(probs, accuracy=targets)`` when already computed.
 
     Returns
     -------
     dict of numpy arrays, one entry per target: ``target``, ``accuracy``,
-    ``ci_low``, ``ci_high``, ``info_gain`` (normalised to [0, 1]),
-    ``info_gain_bits``, ``leaf_share``, ``root_share``.
+    ``ci_low``, ``ci_high``, ``info_gain`` (mean normalised information gain
+    of the answers, as shown per image: 1 = always a leaf, 0 = always the
+    root), ``info_gain_correct`` (the same with wrong answers counted as 0,
+    Deng et al.'s measure), ``info_gain_bits`` (that one in bits),
+    ``leaf_share``, ``root_share``.
     """
     tax = rule.taxonomy
     probs = check_probs(probs, tax.n_leaves)
@@ -179,17 +243,22 @@ def accuracy_specificity_curve(rule, probs, labels, targets, alpha: float = 0.05
     if y.shape != (probs.shape[0],):
         raise ValueError(f"labels must have shape ({probs.shape[0]},) to match probs, got {y.shape}")
     n = y.size
-    keys = ("accuracy", "ci_low", "ci_high", "info_gain", "info_gain_bits", "leaf_share", "root_share")
+    keys = ("accuracy", "ci_low", "ci_high", "info_gain", "info_gain_correct", "info_gain_bits", "leaf_share",
+            "root_share")
     out = {k: np.empty(targets.size) for k in keys}
     root = int(tax.node_index(tax.root))
+    if predictions is None:
+        predictions = rule.predict_index(probs, accuracy=targets) if n else np.zeros((0, targets.size), dtype=np.int64)
     for i, t in enumerate(targets):
-        pred = rule.predict_index(probs, accuracy=t)
-        k = int(_correct(tax, pred, y).sum())
+        pred = predictions[:, i]
+        correct = _correct(tax, pred, y)
+        k = int(correct.sum())
         bits = information_gain(tax, pred, y)
         out["accuracy"][i] = k / n if n else np.nan
         out["ci_low"][i], out["ci_high"][i] = clopper_pearson(k, n, alpha) if n else (np.nan, np.nan)
         out["info_gain_bits"][i] = bits.mean() if n else np.nan
-        out["info_gain"][i] = out["info_gain_bits"][i] / np.log2(tax.n_leaves) if tax.n_leaves > 1 else 0.0
+        out["info_gain_correct"][i] = out["info_gain_bits"][i] / np.log2(tax.n_leaves) if tax.n_leaves > 1 else 0.0
+        out["info_gain"][i] = answer_gain(tax, pred).mean() if n else np.nan
         out["leaf_share"][i] = leaf_share(tax, pred)
         out["root_share"][i] = float(np.mean(pred == root)) if n else np.nan
     return {"target": targets, **out}

@@ -9,7 +9,9 @@ A bundle is a directory::
     weights.pt        state dict (fp16 to keep the git footprint small; loaded as fp32)
     taxonomy.yaml     the taxonomy whose leaves are the classifier's output columns
     calibration.npz   probs (n x L) and labels (n,) of the held-out calibration split,
-                      computed with the bundle's own TTA and temperature
+                      computed with the bundle's own TTA and temperature; optionally
+                      groups (n,): salted hashes of who contributed each photo
+                      (sender_id), for the contributor-level guarantee
     test.npz          (optional) the same for the test split, so reports need no CNN
     split.json        (optional) image ids of each data split
     ood.json          (optional) the out-of-taxonomy detector (hedging.ood): signals,
@@ -40,7 +42,7 @@ from hedged.taxonomy import Taxonomy, TaxonomyError
 from hedged.models.data import sha256_file
 from hedged.models.inference import OUTPUTS
 from hedged.models.preprocess import Preprocess
-from hedged.models.registry import ARCHS, create_model
+from hedged.models.registry import ARCHS, create_model, describe_load_error
 from hedged.models.tta import check_angles
 
 FORMAT = "hedged-bundle/1"
@@ -79,6 +81,8 @@ class Bundle:
     temperature : float
     calibration_probs, calibration_labels : np.ndarray
         ``(n, L)`` posteriors and ``(n,)`` leaf indices of the calibration split.
+    calibration_groups : np.ndarray of str or None
+        ``(n,)`` contributor ids (salted hashes) of the calibration photos.
     metrics, provenance : dict
     test_probs, test_labels : np.ndarray or None
     split : dict or None
@@ -104,6 +108,7 @@ class Bundle:
     split: dict[str, list] | None = None
     path: Path | None = None
     detector: Any = None
+    calibration_groups: np.ndarray | None = None
 
 
 def library_versions() -> dict[str, str]:
@@ -174,6 +179,7 @@ def save_bundle(
     metrics: dict | None = None,
     provenance: dict | None = None,
     half: bool = True,
+    calibration_groups=None,
 ) -> Path:
     """Write a bundle directory (created if needed; existing bundle files are replaced).
 
@@ -197,6 +203,9 @@ def save_bundle(
         Stored in the manifest as given (JSON-serialisable values).
     half : bool
         Store floating-point weights as fp16 (halves the size; load casts back to fp32).
+    calibration_groups : array-like of str, optional
+        ``(n,)`` contributor of each calibration photo, already anonymised
+        (:func:`hash_groups`); stored in ``calibration.npz`` as ``groups``.
 
     Returns
     -------
@@ -225,7 +234,7 @@ def save_bundle(
     }
     torch.save(state, path / WEIGHTS)
     taxonomy.to_yaml(path / TAXONOMY)
-    np.savez_compressed(path / CALIBRATION, probs=cal_p.astype(np.float32), labels=cal_y)
+    _write_calibration(path, cal_p, cal_y, calibration_groups)
     files = [WEIGHTS, TAXONOMY, CALIBRATION]
     if test_probs is not None:
         t_p, t_y = _check_probs(test_probs, test_labels, n_leaves, "test")
@@ -298,6 +307,57 @@ def verify_files(path, manifest: dict) -> None:
             )
 
 
+def hash_groups(ids, salt: str | None = None) -> np.ndarray:
+    """Anonymous group ids: ``sha256(salt + id)``, 16 hex digits each.
+
+    Only equality matters to the guarantee, so by default the salt is random
+    and thrown away: the stored ids cannot be matched with sender ids (not even
+    by hashing every possible id), only with each other.
+    """
+    import hashlib
+    import secrets
+
+    salt = secrets.token_hex(16) if salt is None else str(salt)
+    uniq, inv = np.unique(np.asarray(ids).astype(str), return_inverse=True)
+    hashed = np.array([hashlib.sha256((salt + u).encode()).hexdigest()[:16] for u in uniq])
+    return hashed[inv.ravel()] if uniq.size else np.zeros(0, dtype="<U16")
+
+
+def _write_calibration(path: Path, probs, labels, groups=None) -> None:
+    arrays = {"probs": np.asarray(probs).astype(np.float32), "labels": labels}
+    if groups is not None:
+        groups = np.asarray(groups).astype(str)
+        if groups.shape != (len(labels),):
+            raise BundleError(f"calibration groups must be ({len(labels)},) to match the labels, got {groups.shape}")
+        arrays["groups"] = groups
+    np.savez_compressed(path / CALIBRATION, **arrays)
+
+
+def add_calibration_groups(path, groups) -> Path:
+    """Store contributor ids of the calibration photos in an existing bundle.
+
+    Rewrites ``calibration.npz`` with the same probs and labels plus
+    ``groups`` (anonymise them first with :func:`hash_groups`) and updates
+    its sha256 in the manifest; nothing else changes. The other files are
+    verified first, so a tampered bundle is refused, not re-signed.
+    """
+    path = Path(path)
+    manifest = read_manifest(path)
+    verify_files(path, manifest)
+    with np.load(path / CALIBRATION, allow_pickle=False) as z:
+        probs, labels = z["probs"], z["labels"]
+    _write_calibration(path, probs, labels, groups)
+    manifest["files"][CALIBRATION] = sha256_file(path / CALIBRATION)
+    (path / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return path
+
+
+def load_calibration_groups(path) -> np.ndarray | None:
+    """The ``groups`` array of a bundle's calibration.npz, or None."""
+    with np.load(Path(path) / CALIBRATION, allow_pickle=False) as z:
+        return np.asarray(z["groups"]).astype(str) if "groups" in z.files else None
+
+
 def _load_npz(path: Path, name: str, n_leaves: int):
     try:
         with np.load(path / name, allow_pickle=False) as z:
@@ -360,7 +420,7 @@ def load_bundle(path=None, *, verify: bool = True) -> Bundle:
     try:
         state = torch.load(path / WEIGHTS, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means an unusable file
-        raise BundleError(f"cannot read {WEIGHTS}: {err}") from None
+        raise BundleError(f"cannot read {WEIGHTS}: {describe_load_error(err)}") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise BundleError(f"{WEIGHTS} does not hold a state dict of tensors")
     model = create_model(arch, num_classes=n_leaves, weights=None)
@@ -376,6 +436,9 @@ def load_bundle(path=None, *, verify: bool = True) -> Bundle:
     model.eval()
 
     cal_p, cal_y = _load_npz(path, CALIBRATION, n_leaves)
+    cal_groups = load_calibration_groups(path)
+    if cal_groups is not None and cal_groups.shape != cal_y.shape:
+        raise BundleError(f"calibration groups have shape {cal_groups.shape} but there are {cal_y.shape[0]} labels")
     test_p = test_y = split = None
     if TEST in manifest["files"]:
         test_p, test_y = _load_npz(path, TEST, n_leaves)
@@ -398,6 +461,7 @@ def load_bundle(path=None, *, verify: bool = True) -> Bundle:
         split=split,
         path=path,
         detector=detector,
+        calibration_groups=cal_groups,
     )
 
 

@@ -75,6 +75,41 @@ def _describe(src: Any) -> str:
 # ---------------------------------------------------------------------------
 # loading
 
+# ISO base media (ftyp box) brands of HEIC/HEIF photos, as iPhones write them.
+# Pillow reads AVIF itself; HEIC needs the pillow-heif plugin, registered on the
+# first HEIC file so that other images do not pay for importing it.
+_HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"})
+_heif_state: dict[str, bool] = {}
+
+
+def _heif_ready(fp: Any) -> bool:
+    """Whether ``fp`` holds a HEIF image and the plugin to read it is registered.
+
+    Returns False for other files (the stream position is restored either way).
+    Raises :class:`ImageLoadError` for a HEIC file when pillow-heif is missing.
+    """
+    try:
+        pos = fp.tell()
+        head = fp.read(12)
+        fp.seek(pos)
+    except (AttributeError, OSError, ValueError):
+        return False
+    if len(head) < 12 or head[4:8] != b"ftyp" or head[8:12] not in _HEIF_BRANDS:
+        return False
+    if "registered" not in _heif_state:
+        try:
+            from pillow_heif import register_heif_opener
+        except ImportError:
+            _heif_state["registered"] = False
+        else:
+            register_heif_opener()
+            _heif_state["registered"] = True
+    if not _heif_state["registered"]:
+        raise ImageLoadError(
+            f"HEIC/HEIF image {_describe(fp)} needs the pillow-heif package (pip install pillow-heif)"
+        )
+    return True
+
 
 def load_image(
     src: Any,
@@ -155,6 +190,7 @@ def _decode(fp: Any, src: Any, max_pixels: int | None, min_size: int | None) -> 
         # own limit from the header instead, so silence its warning here.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            _heif_ready(fp)
             im = Image.open(fp)
             _check_pixels(im.size, max_pixels, src)
             if min_size and im.format == "JPEG":
@@ -181,7 +217,7 @@ def _check_pixels(size: tuple[int, int], max_pixels: int | None, src: Any) -> No
     if max_pixels is not None and w * h > max_pixels:
         raise ImageLoadError(
             f"image {_describe(src)} has {w}x{h} = {w * h:,} pixels, more than the limit of "
-            f"{max_pixels:,} (pass max_pixels=... to raise it)"
+            f"{max_pixels:,} (raise the limit with max_pixels=... or --max-pixels)"
         )
 
 

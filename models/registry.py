@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torchvision
 from torch import nn
 
 from .efficientnet_lite import VARIANTS, EfficientNetLite
@@ -153,53 +152,9 @@ def get_spec(arch: str) -> ModelSpec:
 
 
 # ---------------------------------------------------------------------------
-# torchvision models with the uniform feature interface
-#
-# The instances are re-classed to these subclasses (no new state), so that their
-# state_dict keys stay exactly torchvision's and a user's torchvision .pth loads as is.
-
-
-class ResNetBackbone(torchvision.models.ResNet):
-    """torchvision ResNet with ``forward_features`` / ``get_classifier`` / ``reset_classifier``."""
-
-    @property
-    def num_features(self) -> int:
-        return self.fc.in_features
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return torch.flatten(self.avgpool(x), 1)
-
-    def get_classifier(self) -> nn.Linear:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.fc = nn.Linear(self.num_features, num_classes)
-
-
-class MobileNetV3Backbone(torchvision.models.MobileNetV3):
-    """torchvision MobileNetV3; features are the 1280-d pre-logits (after the hidden layer)."""
-
-    @property
-    def num_features(self) -> int:
-        return self.classifier[-1].in_features
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.flatten(self.avgpool(self.features(x)), 1)
-        return self.classifier[:-1](x)
-
-    def get_classifier(self) -> nn.Linear:
-        return self.classifier[-1]
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.classifier[-1] = nn.Linear(self.num_features, num_classes)
-
-
-_TORCHVISION: dict[str, tuple[Callable[..., nn.Module], type]] = {
-    "resnet50": (torchvision.models.resnet50, ResNetBackbone),
-    "mobilenet_v3_large": (torchvision.models.mobilenet_v3_large, MobileNetV3Backbone),
-}
+# torchvision models: imported only when one is built (hedged.models._torchvision),
+# because importing torchvision pulls in torch._dynamo, over a second of start-up
+# that the EfficientNet-Lite path does not need.
 
 
 # ---------------------------------------------------------------------------
@@ -219,6 +174,22 @@ def _bundled_weights_path(arch: str) -> Path:
     return Path(getattr(module, class_name).get_model_file_path())
 
 
+def describe_load_error(exc: BaseException) -> str:
+    """One line for a failed ``torch.load(..., weights_only=True)``.
+
+    torch's own text for a refused file spans many lines and suggests
+    ``weights_only=False``, which would run whatever code the file holds:
+    never pass that advice on for a file we did not write.
+    """
+    import pickle
+
+    text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError) or "weights_only" in text:
+        return "it holds Python objects besides tensors and was refused (loading it could run code)"
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return first[:300]
+
+
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a state dict saved with ``torch.save`` (``weights_only=True``: no code runs).
 
@@ -231,7 +202,9 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - pickle/zip/unsafe-global errors all mean "not a state dict"
-        raise ModelWeightsError(f"cannot read weights file {str(path)!r} as a torch state dict: {exc}") from None
+        raise ModelWeightsError(
+            f"cannot read weights file {str(path)!r} as a torch state dict: {describe_load_error(exc)}"
+        ) from None
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -260,7 +233,9 @@ def _load_into(model: nn.Module, state: dict[str, torch.Tensor], arch: str, sour
 def _build(arch: str, num_classes: int) -> nn.Module:
     if arch in VARIANTS:
         return EfficientNetLite(arch, num_classes=num_classes)
-    factory, cls = _TORCHVISION[arch]
+    from hedged.models._torchvision import TORCHVISION
+
+    factory, cls = TORCHVISION[arch]
     model = factory(weights=None, num_classes=num_classes)  # weights=None: never a download
     model.__class__ = cls
     return model

@@ -23,8 +23,9 @@ import json
 import math
 import os
 import time
+import warnings
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,8 @@ from torch import nn
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from hedged.models.calibration import accuracy, expected_calibration_error, fit_temperature, nll
+from hedged.models.config import TrainConfig  # noqa: F401  (re-exported: train's argument)
+from hedged.models.calibration import T_BOUNDS, accuracy, expected_calibration_error, fit_temperature, nll
 from hedged.models.data import DEFAULT_FRACTIONS, SPLITS, check_fractions, load_dataset, split_by_group
 from hedged.models.inference import predict_logits
 from hedged.models.preprocess import Preprocess
@@ -43,76 +45,6 @@ from hedged.models.tta import average_view_probs, rotate, rotate_views
 
 #: TTA candidate sets compared on validation when ``tta="auto"``.
 TTA_CANDIDATES = ((0.0,), (0.0, -15.0, 15.0))
-
-
-@dataclass
-class TrainConfig:
-    """Every knob of :func:`train`; the defaults are what the shipped clothing model used."""
-
-    data: str
-    taxonomy: str
-    out: str
-    # Lite1 at 280 px: the best frozen-feature linear probe on the validation split and
-    # in group 5-fold CV of train+validation (docs/model.md, bench/backbone_probe.py)
-    arch: str = "efficientnet_lite1"
-    image_size: int | None = 280  # None: the architecture's native size
-    resize: str = "center_crop"
-    crop_pct: float = 1.0  # keep the whole shorter side: garments often reach the photo's edges
-    # bicubic: what bench/backbone_probe.py measured with; it also scored 0.7 points above
-    # bilinear with the zero-shot ImageNet head (docs/normalisation.md)
-    interpolation: str = "bicubic"
-    epochs: int = 30
-    train_blocks: int = 5
-    aug_views: int = 3
-    tta: str | tuple = "auto"  # "auto": best of TTA_CANDIDATES by validation NLL
-    seed: int = 0
-    split_seed: int = 0
-    fractions: tuple = DEFAULT_FRACTIONS
-    batch_size: int = 64
-    lr: float = 1e-3
-    block_lr_scale: float = 1.0  # learning rate of the pretrained tail blocks relative to the new head
-    weight_decay: float = 0.05
-    label_smoothing: float = 0.1
-    class_weight_power: float = 0.5  # weight_c ~ n_c^-power: 0 none, 1 fully balanced
-    mixup: float = 0.0  # Beta(a, a) mixing of cached maps and targets (manifold mixup); 0 = off
-    dropout: float | None = None  # before the classifier; None: the architecture's default
-    patience: int = 6
-    max_rotation: float = 50.0
-    limit: int | None = None
-    # keep every class in every split in proportion, as far as whole groups allow: the
-    # unstratified split put 19 of the 39 Top photos in test and 6 in train
-    stratify: bool = True
-    # sample weight ~ (photos of its contributor)^-power, 0 = off: 0.5 won on validation NLL
-    # (0.555 against 0.586 without; docs/model.md)
-    contributor_power: float = 0.5
-    cache_dir: str | None = None
-    group_column: str | None = None
-    image_column: str = "image"
-    label_column: str = "label"
-    threads: int = 2
-    device: str = "cpu"
-    workers: int = 1
-    half: bool = True
-    # --- full fine-tuning (hedged.models.finetune); the fields above that still apply:
-    # epochs, batch_size, lr (of the top layer), weight_decay, label_smoothing,
-    # class_weight_power, contributor_power, mixup, dropout, patience, max_rotation
-    full_finetune: bool = False
-    init_bundle: str | None = None  # start from this bundle's weights (same arch and leaves)
-    layer_decay: float = 0.85  # lr of depth i = lr * layer_decay^(top - i)
-    warmup_epochs: float = 1.0
-    train_size: int | None = None  # input side of all but the last final_epochs epochs; None: image_size
-    final_epochs: int = 1
-    cutmix: float = 0.0  # Beta(a, a) CutMix; with mixup > 0 each batch uses one of the two
-    erasing: float = 0.25  # RandomErasing probability
-    trivial_augment: bool = True
-    ema_halflife: float = 1.0  # epochs; 0 = no EMA
-    hierarchy_beta: float | None = None  # soft targets ~ exp(-beta * LCA height); None: one-hot
-    checkpoint_dir: str | None = None
-    resume: str | None = None
-    log_file: str | None = None
-    log_every: int = 10  # steps between progress lines
-    progress: bool = True
-    log: object = field(default=print, repr=False)
 
 
 # ---------------------------------------------------------------------------
@@ -361,6 +293,44 @@ def _scores(view_logits, y, angles_idx, t):
     return {"accuracy": accuracy(p, y), "nll": nll(p, y), "ece": expected_calibration_error(p, y)}, p
 
 
+#: Fewer validation photos than this cannot choose a temperature and a TTA set reliably.
+MIN_VALIDATION = 30
+
+
+def degenerate_run_warnings(leaves, y_train, n_validation: int) -> list[str]:
+    """Plain-language warnings for a split that will give a poor bundle.
+
+    Parameters
+    ----------
+    leaves : sequence of str
+        The taxonomy's leaves (column order).
+    y_train : array of int
+        Leaf index of every training photo.
+    n_validation : int
+        Photos in the validation split.
+    """
+    out = []
+    counts = np.bincount(np.asarray(y_train, dtype=np.int64), minlength=len(leaves))
+    empty = [leaves[i] for i in np.flatnonzero(counts == 0)]
+    if empty:
+        shown = ", ".join(empty[:5]) + (", ..." if len(empty) > 5 else "")
+        out.append(f"{len(empty)} of {len(leaves)} leaves have no training photos ({shown}): "
+                   "the model cannot learn them")
+    if n_validation < MIN_VALIDATION:
+        out.append(f"the validation split has only {n_validation} photos (fewer than {MIN_VALIDATION}): "
+                   "early stopping, temperature and TTA choice rest on very little")
+    return out
+
+
+def temperature_warning(temperature: float, bounds=T_BOUNDS) -> str | None:
+    """A warning when the fitted temperature sits at an end of its search range (the search hit its limit)."""
+    lo, hi = bounds
+    if temperature <= lo * 1.01 or temperature >= hi * 0.99:
+        return (f"the temperature {temperature:.3g} sits at the end of its range [{lo:g}, {hi:g}]: "
+                "the model's confidence is far off; check the data and the validation split")
+    return None
+
+
 def _train_cached(cfg, model, front, shape, cut, preprocess, data, split, ids, ys, taxonomy, log):
     """The cached-front recipe: cache the frozen front's maps, train the tail on them."""
     def loader(ds):
@@ -501,7 +471,7 @@ def train(cfg: TrainConfig) -> dict:
 
     See :class:`TrainConfig` for the options and the module docstring for the method.
     """
-    from hedged.models.bundle import library_versions, save_bundle
+    from hedged.models.bundle import hash_groups, library_versions, save_bundle
     from hedged.taxonomy import Taxonomy
 
     t0 = time.perf_counter()
@@ -526,6 +496,8 @@ def train(cfg: TrainConfig) -> dict:
     data, y_all = data.subset(keep), y_all[keep]
     split = split_by_group(data.groups, fractions, cfg.split_seed, labels=y_all if cfg.stratify else None)
     counts = {s: int(len(v)) for s, v in split.items()}
+    for message in degenerate_run_warnings(taxonomy.leaves, y_all[split["train"]], len(split["validation"])):
+        warnings.warn(message, stacklevel=2)
     log("split by " + (data.group_column or "image") + ": " + ", ".join(
         f"{s} {len(v)} images / {len(set(data.groups[v]))} groups" for s, v in split.items()))
 
@@ -595,6 +567,8 @@ def train(cfg: TrainConfig) -> dict:
         log(f"TTA {list(cand)}: val acc {sc['accuracy']:.4f}  nll {sc['nll']:.4f}  (T={t:.3f})")
     chosen = min(tta_table, key=lambda r: (round(r["val_nll"], 4), len(r["angles"])))
     angles, temperature = tuple(chosen["angles"]), float(chosen["temperature"])
+    if (message := temperature_warning(temperature)) is not None:
+        warnings.warn(message, stacklevel=2)
     ai = [pos[a] for a in angles]
     log(f"chosen TTA angles {list(angles)}, temperature {temperature:.3f}")
 
@@ -647,6 +621,8 @@ def train(cfg: TrainConfig) -> dict:
         temperature=temperature, calibration_probs=cal_probs, calibration_labels=ys["calibration"],
         test_probs=test_probs, test_labels=ys["test"], split={k: v.tolist() for k, v in ids.items()},
         metrics=metrics, provenance=provenance, half=cfg.half,
+        # Contributors of the calibration photos, anonymised: the contributor-level guarantee needs them.
+        calibration_groups=hash_groups(data.groups[split["calibration"]]) if data.group_column else None,
     )
     log(f"bundle written to {cfg.out} in {elapsed:.0f}s total")
     return {"metrics": metrics, "provenance": provenance, "angles": angles, "temperature": temperature,
@@ -660,8 +636,16 @@ def _darts_report(taxonomy, cal_probs, cal_y, test_probs, test_y, log, target: f
     except ImportError:
         return None
     try:
-        rule = Darts(taxonomy).fit(cal_probs, cal_y)
-        pred = rule.predict(test_probs, accuracy=target)
+        import warnings
+
+        # A tiny calibration set makes the rule warn that it answers the root;
+        # that belongs in the training log (and the report's root share), not on stderr.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            rule = Darts(taxonomy).fit(cal_probs, cal_y)
+            pred = rule.predict(test_probs, accuracy=target)
+        for w in dict.fromkeys(str(w.message) for w in caught):
+            log(f"DARTS @ {target}: {w}")
         out = {
             "target": target,
             "guarantee": "pac",

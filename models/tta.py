@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import math
+
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
-from torchvision.transforms import InterpolationMode
+from torch.nn.functional import grid_sample
 
 
 def check_angles(angles) -> tuple[float, ...]:
@@ -42,7 +43,39 @@ def rotate(batch: torch.Tensor, angle: float) -> torch.Tensor:
         return batch
     if a % 90.0 == 0.0 and batch.shape[-1] == batch.shape[-2]:
         return torch.rot90(batch, k=int(a // 90), dims=(-2, -1))
-    return TF.rotate(batch, float(angle), interpolation=InterpolationMode.BILINEAR, fill=0.0)
+    return _rotate_bilinear(batch, float(angle))
+
+
+def _rotate_bilinear(batch: torch.Tensor, angle: float) -> torch.Tensor:
+    """``torchvision.transforms.functional.rotate(batch, angle, BILINEAR, fill=0.0)``, op for op.
+
+    Importing any part of torchvision runs its package ``__init__``, which imports
+    ``torchvision.models`` and with it ``torch._dynamo``: over a second of start-up
+    for one function. These are the same tensor operations in the same order
+    (tests/test_tta.py checks bit-equality with torchvision), so the calibration
+    posteriors computed with torchvision stay exactly valid.
+    """
+    n, _, h, w = batch.shape
+    # torchvision's inverse affine matrix for a rotation by -angle about the centre
+    rot = math.radians(-angle)
+    cos, sin = math.cos(rot), math.sin(rot)
+    theta = torch.tensor([cos, sin, 0.0, -sin, cos, 0.0], dtype=batch.dtype, device=batch.device).reshape(1, 2, 3)
+    # torchvision's _gen_affine_grid: pixel-centre grid, normalised after applying theta
+    base = torch.empty(1, h, w, 3, dtype=batch.dtype, device=batch.device)
+    base[..., 0].copy_(torch.linspace(-w * 0.5 + 0.5, w * 0.5 + 0.5 - 1, steps=w, device=batch.device))
+    base[..., 1].copy_(torch.linspace(-h * 0.5 + 0.5, h * 0.5 + 0.5 - 1, steps=h, device=batch.device).unsqueeze_(-1))
+    base[..., 2].fill_(1)
+    scaled = theta.transpose(1, 2) / torch.tensor([0.5 * w, 0.5 * h], dtype=batch.dtype, device=batch.device)
+    grid = base.view(1, h * w, 3).bmm(scaled).view(1, h, w, 2)
+    if n > 1:
+        grid = grid.expand(n, h, w, 2)
+    # torchvision's _apply_grid_transform with fill=0: a coverage mask rides along as an extra channel
+    mask = torch.ones((n, 1, h, w), dtype=batch.dtype, device=batch.device)
+    out = grid_sample(torch.cat((batch, mask), dim=1), grid, mode="bilinear", padding_mode="zeros",
+                      align_corners=False)
+    mask = out[:, -1:, :, :].expand_as(out[:, :-1, :, :])
+    fill = torch.zeros(1, 1, 1, 1, dtype=batch.dtype, device=batch.device).expand_as(mask)
+    return out[:, :-1, :, :] * mask + (1.0 - mask) * fill
 
 
 def rotate_views(batch: torch.Tensor, angles) -> torch.Tensor:

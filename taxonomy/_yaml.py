@@ -41,6 +41,10 @@ def read_yaml(path) -> dict:
             data = yaml.load(f, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as err:
         raise TaxonomyError(f"malformed taxonomy YAML in {path}: {' '.join(str(err).split())}") from None
+    except FileNotFoundError:
+        raise TaxonomyError(f"taxonomy file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise TaxonomyError(f"cannot read taxonomy file {path}: {err}") from None
     if not isinstance(data, Mapping):
         raise TaxonomyError(f"taxonomy YAML in {path} must be a mapping with 'format: {FORMAT}'")
     return data

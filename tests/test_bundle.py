@@ -181,3 +181,38 @@ def test_save_refuses_head_mismatch(tiny, tmp_path):
             calibration_probs=np.full((2, 2), 0.5),
             calibration_labels=np.zeros(2, int),
         )
+
+
+def test_calibration_groups_are_added_anonymised_and_keep_the_bundle_valid(copy):
+    from hedged.models.bundle import add_calibration_groups, hash_groups
+
+    before = load_bundle(copy)
+    assert before.calibration_groups is None
+    senders = np.arange(300) // 7
+    groups = hash_groups(senders)
+    # Same sender, same id: 16 hex digits of a salted hash.
+    assert len(set(groups)) == len(set(senders)) and groups[0] == groups[6] != groups[7]
+    assert all(len(g) == 16 and int(g, 16) >= 0 for g in groups[:7])
+    assert not np.array_equal(hash_groups(senders), groups)  # the random salt is thrown away
+    assert np.array_equal(hash_groups(senders, salt="s"), hash_groups(senders, salt="s"))
+    add_calibration_groups(copy, groups)
+    after = load_bundle(copy)  # hashes re-verified
+    np.testing.assert_array_equal(after.calibration_groups, groups)
+    np.testing.assert_array_equal(after.calibration_probs, before.calibration_probs)
+    np.testing.assert_array_equal(after.calibration_labels, before.calibration_labels)
+    with pytest.raises(BundleError, match="must be"):
+        add_calibration_groups(copy, groups[:-1])
+
+
+def test_add_calibration_groups_refuses_a_tampered_bundle(copy):
+    from hedged.models.bundle import add_calibration_groups
+
+    (copy / TAXONOMY).write_text((copy / TAXONOMY).read_text() + "\n# edited\n")
+    with pytest.raises(BundleError, match="modified"):
+        add_calibration_groups(copy, np.array(["a"] * 300))
+
+
+def test_shipped_bundle_stores_contributors_of_its_calibration_photos():
+    b = load_bundle()
+    assert b.calibration_groups is not None and b.calibration_groups.shape == b.calibration_labels.shape
+    assert len(set(b.calibration_groups)) == 65  # split.json's calibration photos come from 65 senders

@@ -161,3 +161,29 @@ def test_script_smoke(files, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "report.md").is_file() and metrics(tmp_path)["n_test"] == 100
+
+
+def test_csv_posteriors_with_a_header_row(capsys, files, tmp_path):
+    p = np.load(files / "p.npy")
+    np.savetxt(tmp_path / "plain.csv", p, delimiter=",")
+    np.savetxt(tmp_path / "header.csv", p, delimiter=",", header="cat,dog,car", comments="")
+    common = ["--labels", files / "y.npy", "--taxonomy", files / "t.yaml"]
+    assert run(capsys, "--probs", tmp_path / "plain.csv", *common, "--out", tmp_path / "a")[0] == 0
+    code, out, err = run(capsys, "--probs", tmp_path / "header.csv", *common, "--out", tmp_path / "b")
+    assert code == 0, err
+    assert metrics(tmp_path / "a")["table"] == metrics(tmp_path / "b")["table"]
+
+
+def test_logits_get_a_softmax_hint(capsys, files, tmp_path):
+    np.save(tmp_path / "logits.npy", np.log(np.load(files / "p.npy") + 1e-9))
+    code, out, err = run(capsys, "--probs", tmp_path / "logits.npy", "--labels", files / "y.npy",
+                         "--taxonomy", files / "t.yaml", "--out", tmp_path / "r")
+    assert code == 2 and "apply a softmax" in err and err.count("\n") == 1
+
+
+def test_unwritable_out_is_one_line_before_any_work(capsys, files, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code, out, err = run(capsys, "--probs", files / "p.npy", "--labels", files / "y.npy",
+                         "--taxonomy", files / "t.yaml", "--out", blocker / "report")
+    assert code == 2 and err.count("\n") == 1 and "not a writable folder" in err

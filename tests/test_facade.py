@@ -98,9 +98,9 @@ def test_calibration_happens_once_per_guarantee(monkeypatch):
     calls = []
     original = Darts.fit
 
-    def counting_fit(self, probs, labels):
+    def counting_fit(self, probs, labels, groups=None):
         calls.append(self.guarantee)
-        return original(self, probs, labels)
+        return original(self, probs, labels, groups)
 
     monkeypatch.setattr(Darts, "fit", counting_fit)
     p, y = synthetic_split(TAX, 300, seed=3)
@@ -320,4 +320,21 @@ def test_leaf_at_target_and_answer_path_agree_with_predict(fitted):
     record = with_path[0].to_dict()
     assert "leaf_at_target" in record and "leaf_at_target" in plain[0].to_dict()
     assert "answer_path" not in plain[0].to_dict()
-    assert record["answer_path"][-1] == {"max_target": 1.0, "node": TAX.root, "name": TAX.root}
+    assert record["answer_path"][-1] == {"max_target": 1.0, "node": TAX.root, "display_name": TAX.root}
+
+
+def test_pac_group_guarantee_uses_the_calibration_groups():
+    p, y = synthetic_split(TAX, 400, seed=1)
+    groups = np.arange(400) // 4
+    clf = HedgedClassifier(TAX).fit(p, y, groups)
+    rule = clf.rule("pac-group")
+    assert rule.calibration_.unit == "group" and rule.n_groups_ == 100
+    assert clf.rule("pac").calibration_.unit == "photo"
+    expected = Darts(TAX).fit(p, y, groups).predict(p[:20], accuracy=0.8)
+    got = [pred.node.name for pred in clf.predict_from_probs(p[:20], accuracy=0.8, guarantee="pac-group")]
+    assert got == expected.tolist()
+    assert clf.predict_from_probs(p[:1], accuracy=0.8, guarantee="pac-group")[0].guarantee == "pac-group"
+    with pytest.raises(UncalibratedError, match="pac-group"):
+        HedgedClassifier(TAX).fit(p, y).rule("pac-group")
+    with pytest.raises(ValueError, match="groups must have shape"):
+        HedgedClassifier(TAX).fit(p, y, groups[:-1])

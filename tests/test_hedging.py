@@ -476,3 +476,4 @@ def test_one_warning_for_many_failing_targets(tree4):
         warnings.simplefilter("always")
         rule.predict_index(probs, accuracy=np.linspace(0.8, 0.99, 50))
     assert len(caught) == 1 and "and 47 more" in str(caught[0].message)
+

@@ -85,7 +85,7 @@ def test_accuracy_specificity_curve(tree4):
     targets = [0.6, 0.8, 0.9, 1.0]
     for rule in (Darts(tree4), Climbing(tree4)):
         curve = accuracy_specificity_curve(rule.fit(cal, y_cal), test, y_test, targets)
-        assert set(curve) == {"target", "accuracy", "ci_low", "ci_high", "info_gain", "info_gain_bits", "leaf_share", "root_share"}
+        assert set(curve) == {"target", "accuracy", "ci_low", "ci_high", "info_gain", "info_gain_correct", "info_gain_bits", "leaf_share", "root_share"}
         assert all(v.shape == (4,) for v in curve.values())
         assert np.all(curve["ci_low"] <= curve["accuracy"]) and np.all(curve["accuracy"] <= curve["ci_high"])
         # target 1.0: the root for all, certainly right, no information

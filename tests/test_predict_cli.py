@@ -20,7 +20,7 @@ SCHEMA = {
     "in_taxonomy": (bool, type(None)),  # None: the bundle has no out-of-taxonomy detector
     "taxonomy_score": (float, type(None)),
     "node": str,
-    "name": str,
+    "display_name": str,
     "path": list,
     "depth": int,
     "probability": float,
@@ -28,7 +28,8 @@ SCHEMA = {
     "leaves": list,
     "labels": list,
     "leaf_guess": str,
-    "leaf_guess_name": str,
+    "leaf_guess_display_name": str,
+    "warnings": list,
     "leaf_probability": float,
     "accuracy_target": float,
     "guarantee": str,
@@ -81,7 +82,7 @@ def test_json_schema_and_values(capsys, bundle, folder):
         assert set(row) == set(SCHEMA)
         for key, typ in SCHEMA.items():
             assert isinstance(row[key], typ), (key, row[key])
-        assert row["node"] == "animal" and row["name"] == "Animal"
+        assert row["node"] == "animal" and row["display_name"] == "Animal"
         assert row["path"] == ["things", "animal"] and row["depth"] == 1
         assert row["leaves"] == ["animal.cat", "animal.dog"] and row["labels"] == ["Cat", "Dog"]
         assert row["leaf_guess"] == "animal.cat"
@@ -119,10 +120,12 @@ def test_glob_expands(capsys, bundle, folder):
     assert images == [str(folder / "img0.jpg"), str(folder / "nested" / "img0.jpg")]
 
 
-def test_text_mode_reports_errors_inline(capsys, bundle, folder):
+def test_text_mode_reports_errors_on_stderr(capsys, bundle, folder):
     code, out, err = run(capsys, folder / "corrupt.jpg", folder / "img0.jpg", "--model", bundle)
     assert code == 1
-    assert "corrupt.jpg" in out and "error:" in out and "Animal" in out
+    # stdout holds the answers only; the bad file is one error line on stderr
+    assert "Animal" in out and "corrupt.jpg" not in out and "error" not in out
+    assert f"error: {folder / 'corrupt.jpg'}: " in err
 
 
 @pytest.mark.parametrize("accuracy", ["0", "1.5", "nan", "abc", "-0.2", "inf"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 import re
 
 import numpy as np
@@ -102,7 +103,7 @@ def test_curves_and_table_match_hedging_metrics(report, data, key, cls):
     pred = rule.predict_index(tp, accuracy=0.95)
     assert at_95["accuracy"] == pytest.approx(hm.hierarchical_accuracy(TAX, pred, ty))
     assert at_95["leaf_share"] == pytest.approx(hm.leaf_share(TAX, pred))
-    assert at_95["info_gain"] == pytest.approx(hm.information_gain(TAX, pred, ty, normalize=True).mean())
+    assert at_95["info_gain"] == pytest.approx(hm.answer_gain(TAX, pred).mean())  # as shown per image
     lo, hi = hm.clopper_pearson(int(round(at_95["accuracy"] * 400)), 400, 0.05)
     assert (at_95["ci_low"], at_95["ci_high"]) == pytest.approx((lo, hi))
     assert at_95["hierarchical_f1"] == pytest.approx(hm.hierarchical_precision_recall_f1(TAX, pred, ty)[2])
@@ -127,9 +128,42 @@ def test_depth_shares_leaf_metrics_and_confusion(report, data):
 
 def test_small_calibration_sets_are_noted_not_hidden(tmp_path):
     (cp, cy), (tp, ty) = synthetic_split(TAX, 40, seed=3), synthetic_split(TAX, 40, seed=4)
-    m = write_report(tmp_path, TAX, cp, cy, tp, ty, targets=(0.5, 0.99))
-    assert any("0.99" in n for n in m["notes"])
+    with pytest.warns(UserWarning) as caught:
+        m = write_report(tmp_path, TAX, cp, cy, tp, ty, targets=(0.5, 0.99))
+    # One note and one console warning for every target and rule, not one per target.
+    assert len(m["notes"]) == 1 and len(caught) == 1
+    assert "40 images" in m["notes"][0] and "DARTS (from 0.95)" in m["notes"][0]
     assert "Notes from the rules" in (tmp_path / "report.md").read_text()
+
+
+def test_per_class_table_and_classes_without_test_images(tmp_path, data):
+    (cp, cy), (tp, ty) = data
+    keep = ty != TAX.leaf_index("cat")
+    m = write_report(tmp_path, TAX, cp, cy, tp[keep], ty[keep], targets=(0.5, 0.9), table_targets=(0.8, 0.95))
+    classes = {c["leaf"]: c for c in m["per_class"]["classes"]}
+    assert classes["cat"]["n"] == 0 and classes["cat"]["accuracy"] == [None, None]
+    rule = Darts(TAX).fit(cp, cy)
+    pred = rule.predict_index(tp[keep], accuracy=[0.8, 0.95])
+    dog = ty[keep] == TAX.leaf_index("dog")
+    assert classes["dog"]["n"] == int(dog.sum())
+    assert classes["dog"]["accuracy"][1] == pytest.approx(TAX.is_correct(pred[dog, 1], ty[keep][dog]).mean())
+    assert classes["dog"]["leaf_share"][0] == pytest.approx(hm.leaf_share(TAX, pred[dog, 0]))
+    text = (tmp_path / "report.md").read_text()
+    assert "## Per class (DARTS)" in text and "no test image" in text and "hier. F1**:" in text
+
+
+def test_pac_group_needs_and_uses_groups(tmp_path, data):
+    (cp, cy), (tp, ty) = data
+    with pytest.raises(ValueError, match="cal_groups"):
+        write_report(tmp_path / "a", TAX, cp, cy, tp, ty, guarantee="pac-group", targets=(0.5,))
+    groups = np.arange(len(cy)) // 5
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = write_report(tmp_path / "b", TAX, cp, cy, tp, ty, guarantee="pac-group", cal_groups=groups, targets=(0.5,))
+        rule = Darts(TAX).fit(cp, cy, groups)
+    assert m["guarantee"] == "pac-group"
+    at = next(r for r in m["table"]["darts"] if r["target"] == 0.9)
+    assert at["accuracy"] == pytest.approx(TAX.is_correct(rule.predict_index(tp, 0.9), ty).mean())
 
 
 def test_labels_may_be_aliases_and_bad_inputs_raise(tmp_path, data):

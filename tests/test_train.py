@@ -153,3 +153,36 @@ def test_bad_device_is_a_usage_error(capsys):
 def test_training_config_recorded(trained):
     cfg = load_bundle(trained).provenance["config"]
     assert cfg["stratify"] is True and cfg["contributor_power"] == 0.5 and cfg["device"] == "cpu"
+
+
+def test_unwritable_or_occupied_out_is_refused_before_training(dataset, tmp_path, capsys):
+    common = ["--data", str(dataset), "--taxonomy", str(dataset / "tax.yaml"), "--quiet"]
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert main([*common, "--out", str(blocker / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a writable folder" in err
+    occupied = tmp_path / "bundle"
+    occupied.mkdir()
+    (occupied / "manifest.json").write_text("{}")
+    assert main([*common, "--out", str(occupied)]) == 2
+    err = capsys.readouterr().err
+    assert "--force" in err and (occupied / "manifest.json").read_text() == "{}"
+
+
+def test_tiny_image_size_is_rejected(tmp_path, capsys):
+    assert main(["--out", str(tmp_path / "x"), "--image-size", "7"]) == 2
+    assert "at least 32 px" in capsys.readouterr().err
+
+
+def test_degenerate_split_warnings_by_hand():
+    from hedged.models.training import MIN_VALIDATION, degenerate_run_warnings, temperature_warning
+
+    leaves = ["a", "b", "c"]
+    assert degenerate_run_warnings(leaves, [0, 1, 2, 2], MIN_VALIDATION) == []
+    (msg,) = degenerate_run_warnings(leaves, [0, 0], MIN_VALIDATION)
+    assert msg.startswith("2 of 3 leaves have no training photos (b, c)")
+    (msg,) = degenerate_run_warnings(leaves, [0, 1, 2], 6)
+    assert "only 6 photos" in msg
+    assert temperature_warning(0.05) is not None and temperature_warning(20.0) is not None
+    assert temperature_warning(1.3) is None

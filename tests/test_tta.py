@@ -57,3 +57,17 @@ def test_bad_angles_refused(bad):
 def test_bad_batch_shape_refused():
     with pytest.raises(ValueError, match="batch"):
         rotate_views(torch.zeros(3, 4, 4), [0])
+
+
+@pytest.mark.parametrize("angle", [15.0, -15.0, 7.5, 30.0, 200.0, 90.0])
+@pytest.mark.parametrize("shape", [(3, 3, 32, 32), (1, 3, 20, 28), (2, 4, 9, 9)])
+def test_rotation_is_bit_equal_to_torchvision(angle, shape):
+    # the torch-only rotation must give the calibration posteriors' exact pixels
+    import torchvision.transforms.functional as TF
+    from torchvision.transforms import InterpolationMode
+
+    from hedged.models.tta import _rotate_bilinear
+
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    ref = TF.rotate(x, angle, interpolation=InterpolationMode.BILINEAR, fill=0.0)
+    assert torch.equal(_rotate_bilinear(x, angle), ref)

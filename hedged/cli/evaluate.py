@@ -7,9 +7,16 @@ import shlex
 import sys
 from pathlib import Path
 
-import numpy as np
-
-from hedged.cli._common import EXIT_OK, Parser, UsageError, load_classifier, parse_tta, positive_int, run_cli
+from hedged.cli._common import (
+    EXIT_OK,
+    Parser,
+    UsageError,
+    check_output_dir,
+    load_classifier,
+    parse_tta,
+    positive_int,
+    run_cli,
+)
 
 DESCRIPTION = """\
 Write an evaluation report of hedged prediction: report.md with figures
@@ -26,11 +33,18 @@ With a bundle the calibration is the bundle's; with --probs it is either
 """
 
 EPILOG = """\
-files: posteriors are .npy (N x L float, columns = taxonomy leaves) or .csv;
+files: posteriors are .npy (N x L float, columns = taxonomy leaves) or .csv
+(a header row of column names is skipped);
 labels are .npy (leaf indices or names) or text, one label per line (leaf
 name, dataset alias or index).
 
-exit status: 0 report written; 2 usage error (missing or inconsistent inputs).
+examples:
+  hedged evaluate --out report/
+  hedged evaluate --data ../shared/data/clothing --split test --out report/
+  hedged evaluate --probs p.csv --labels y.txt --taxonomy taxonomies/clothing.yaml --out report/
+
+exit status: 0 report written; 2 usage error (missing or inconsistent inputs,
+--out not writable: checked before any work starts); 130 interrupted.
 """
 
 
@@ -57,7 +71,9 @@ def build_parser() -> Parser:
                       help="without --cal-probs: share of --probs used for calibration (default 0.5)")
     post.add_argument("--seed", type=int, default=0, help="seed of that split (default 0)")
     rule = p.add_argument_group("rules")
-    rule.add_argument("--guarantee", choices=("pac", "expected"), default="pac")
+    rule.add_argument("--guarantee", choices=("pac", "pac-group", "expected"), default="pac",
+                      help="pac: photos as independent draws (default); pac-group: contributors as the draws "
+                           "(needs the bundle's calibration groups); expected: calibration accuracy meets the target")
     rule.add_argument("--delta", type=float, default=0.05, help="PAC failure probability (default 0.05)")
     rule.add_argument("--alpha", type=float, default=0.05, help="Clopper-Pearson level of the plotted intervals")
     p.add_argument("--title", default=None, help="report title")
@@ -65,11 +81,13 @@ def build_parser() -> Parser:
 
 
 def load_probs(path) -> np.ndarray:
+    import numpy as np
+
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"posteriors file not found: {path}")
     try:
-        arr = np.load(path, allow_pickle=False) if path.suffix == ".npy" else np.loadtxt(path, delimiter=",", ndmin=2)
+        arr = np.load(path, allow_pickle=False) if path.suffix == ".npy" else _load_csv(path)
     except (ValueError, OSError) as err:
         raise UsageError(f"cannot read posteriors {path}: {err}") from None
     if arr.ndim != 2 or arr.dtype.kind not in "fiu":
@@ -77,7 +95,24 @@ def load_probs(path) -> np.ndarray:
     return arr.astype(np.float64)
 
 
+def _load_csv(path: Path) -> np.ndarray:
+    """A numeric CSV, with or without one header row (column names are not checked)."""
+    import numpy as np
+
+    with open(path, encoding="utf-8") as f:
+        first = f.readline()
+    cells = [c.strip().strip('"') for c in first.split(",")]
+    try:
+        [float(c) for c in cells]
+        header = 0
+    except ValueError:
+        header = 1  # e.g. pandas' to_csv or a spreadsheet export: names in the first row
+    return np.loadtxt(path, delimiter=",", ndmin=2, skiprows=header)
+
+
 def load_labels(path) -> np.ndarray:
+    import numpy as np
+
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"labels file not found: {path}")
@@ -96,6 +131,8 @@ def load_labels(path) -> np.ndarray:
 
 def seeded_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (calibration, test) of a random split with ``round(fraction * n)`` calibration rows."""
+    import numpy as np
+
     if not 0.0 < fraction < 1.0:
         raise UsageError(f"--cal-fraction must be in (0, 1), got {fraction}")
     n_cal = int(round(fraction * n))
@@ -164,10 +201,13 @@ def _from_bundle(args):
     if b.test_probs is None:
         raise UsageError("the model bundle stores no test split; pass --data or --probs")
     provenance = {"source": "the bundle's stored test split", **_bundle_provenance(clf, args.model)}
-    return clf.taxonomy, (b.calibration_probs, b.calibration_labels), (b.test_probs, b.test_labels), provenance
+    cal = (b.calibration_probs, b.calibration_labels, getattr(b, "calibration_groups", None))
+    return clf.taxonomy, cal, (b.test_probs, b.test_labels), provenance
 
 
 def _from_data(args):
+    import numpy as np
+
     from hedged.classifier import UncalibratedError
     from hedged.models.data import load_dataset
 
@@ -218,7 +258,8 @@ def _from_data(args):
     }
     if notes:
         provenance["data notes"] = "; ".join(notes)
-    return clf.taxonomy, (b.calibration_probs, b.calibration_labels), (probs, labels[ok]), provenance
+    cal = (b.calibration_probs, b.calibration_labels, getattr(b, "calibration_groups", None))
+    return clf.taxonomy, cal, (probs, labels[ok]), provenance
 
 
 def _progress(total: int):
@@ -257,6 +298,8 @@ def _run(args, argv) -> int:
         raise UsageError(f"--alpha must be in (0, 1), got {args.alpha}")
     if args.probs is None and (args.cal_probs or args.cal_labels or args.labels or args.taxonomy):
         raise UsageError("--labels, --taxonomy, --cal-probs and --cal-labels need --probs")
+    # before any work: an unwritable --out must not cost a CNN pass over the images
+    check_output_dir(args.out)
     if args.probs is not None:
         taxonomy, cal, test, provenance = _from_probs(args)
     elif args.data is not None:
@@ -270,6 +313,7 @@ def _run(args, argv) -> int:
         metrics = write_report(
             args.out, taxonomy, cal[0], cal[1], test[0], test[1],
             title=title, provenance=provenance, guarantee=args.guarantee, delta=args.delta, alpha=args.alpha,
+            cal_groups=cal[2] if len(cal) > 2 else None,
         )
     except ValueError as err:  # shapes, labels not in the taxonomy, bad posteriors
         raise UsageError(str(err)) from None

@@ -10,12 +10,14 @@ import warnings
 
 from hedged.cli._common import (
     EXIT_FAILED_INPUTS,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     Parser,
     UsageError,
     load_classifier,
     parse_accuracy,
     parse_tta,
+    pixel_count,
     positive_int,
     run_cli,
 )
@@ -25,18 +27,33 @@ Classify images with a hedged answer: the most specific node of the taxonomy
 (e.g. "Upper-body garment" rather than "Polo shirt") that meets the accuracy
 target, calibrated so that the target holds (--guarantee pac: with probability
 0.95 over the calibration set; expected: on average).
+
+The guarantee is about the share of right answers over many photos, not about
+any one photo: at 95%, at least 95 of 100 answers name a node that contains
+the true class, and a single answer's own probability may be lower.
 """
 
 EPILOG = """\
-inputs: image files, directories (searched recursively for image extensions)
-and glob patterns (quote them: 'photos/**/*.jpg').
+examples:
+  hedged predict examples/polo.jpg
+  hedged predict photos/ 'more/**/*.png' --json > answers.jsonl
+  hedged predict photo.jpg --accuracy 0.8 --tta -15,0,15 --allow-uncalibrated
+  hedged predict scan.tif --max-pixels 200000000
+
+inputs: image files, directories (searched recursively for image extensions,
+HEIC and AVIF included) and glob patterns (quote them: 'photos/**/*.jpg').
+A file named twice (or also found through a directory) is answered once,
+with a note on stderr.
 
 output: one block per image, or with --json one JSON object per line
-(JSON Lines) with keys image, in_taxonomy, taxonomy_score, node, name, path,
-depth, probability, info_gain, leaves, labels, leaf_guess, leaf_guess_name,
-leaf_probability, accuracy_target, guarantee, guarantee_holds, leaf_at_target
-(the largest target at which the answer would be the leaf guess; null if none). An image that cannot be read
-gives {"image": ..., "error": ...}; the others are still classified.
+(JSON Lines, written as each batch finishes) with keys image, in_taxonomy,
+taxonomy_score, node,
+display_name, path, depth, probability, info_gain, leaves, labels, leaf_guess,
+leaf_guess_display_name, leaf_probability, accuracy_target, guarantee,
+guarantee_holds, leaf_at_target (the largest target at which the answer would
+be the leaf guess; null if none), warnings (see docs/usage.md). An image that
+cannot be read gives {"image": ..., "error": ...} (text mode: an error line on
+stderr); the others are still classified.
 
 not clothing: the model also judges whether each photo belongs to the taxonomy
 at all (calibrated so that about 2% of clothing photos are called outside). A
@@ -55,7 +72,8 @@ model bundle (ONNX models cannot be differentiated).
 
 exit status: 0 all images classified; 1 at least one input could not be read
 (or matched nothing); 2 usage error (bad --accuracy, missing model, TTA the
-model was not calibrated for, ...).
+model was not calibrated for, ...); 130 interrupted (Ctrl-C), after the
+answers already written.
 """
 
 
@@ -68,18 +86,23 @@ def build_parser() -> Parser:
     )
     p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files, directories or glob patterns")
     p.add_argument("--accuracy", default="0.95", metavar="A",
-                   help="target accuracy in (0, 1] (default 0.95)")
-    p.add_argument("--guarantee", choices=("pac", "expected"), default="pac",
-                   help="pac: holds with probability 1-delta over the calibration set (default); "
-                        "expected: calibration accuracy meets the target")
+                   help="target accuracy in (0, 1] (default 0.95); 1 can only be met by the root")
+    p.add_argument("--guarantee", choices=("pac", "pac-group", "expected"), default="pac",
+                   help="pac: holds with probability 1-delta over the calibration set, photos as independent "
+                        "draws (default); pac-group: the same with contributors as the draws and their photos "
+                        "arbitrarily alike (needs a bundle with calibration groups; far more conservative, "
+                        "see docs/hedging.md); expected: calibration accuracy meets the target")
     p.add_argument("--model", metavar="DIR", default=None, help="model bundle directory (default: the bundled model)")
     p.add_argument("--tta", metavar="ANGLES", default=None,
-                   help="rotation test-time augmentation: comma-separated degrees (0,90,180,270) or 'off'; "
-                        "default: the angles the model was calibrated with")
+                   help="rotation test-time augmentation: comma-separated degrees (0,90,180,270 or -15,0,15) "
+                        "or 'off'; default: the angles the model was calibrated with")
     p.add_argument("--allow-uncalibrated", "--no-guarantee", dest="allow_uncalibrated", action="store_true",
                    help="accept a --tta the model was not calibrated for (the accuracy guarantee then does not hold)")
     p.add_argument("--batch-size", type=positive_int, default=8, metavar="N",
                    help="images per forward pass, times the TTA views (default 8, the CPU sweet spot)")
+    p.add_argument("--max-pixels", type=pixel_count, default=None, metavar="N",
+                   help="refuse images with more pixels than this (default 50000000); "
+                        "large JPEGs are decoded at reduced size either way")
     p.add_argument("--json", action="store_true", help="print JSON Lines (one object per image) instead of text")
     p.add_argument("--no-taxonomy-check", "--no-ood", dest="check_taxonomy", action="store_false",
                    help="do not judge whether photos belong to the taxonomy at all: every photo gets a node")
@@ -93,42 +116,74 @@ def build_parser() -> Parser:
 def _progress_bar(total: int, batch_size: int):
     """A rich progress bar on stderr for long runs; ``None`` for short or non-interactive ones."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     console = Console(stderr=True)
     if total <= 2 * batch_size or not console.is_terminal:
         return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     return Progress(
         TextColumn("classifying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
         console=console, transient=True,
     )
 
 
-def _fmt_p(x: float) -> str:
-    return f"{100 * x:.1f}%"
+def format_share(x: float) -> str:
+    """A probability or target as a percentage that never rounds to a misleading 0% or 100%.
+
+    One decimal as a rule; more when that would print 0.0% or 100.0% for a
+    value that is neither: 0.9999 is "99.99%", 1e-9 is "0.0000001%".
+    """
+    if x != x:
+        return "n/a"
+    if x <= 0.0 or x >= 1.0:
+        return f"{100 * x:.0f}%"
+    for decimals in range(1, 12):
+        text = f"{100 * x:.{decimals}f}"
+        if float(text) not in (0.0, 100.0):
+            return (text.rstrip("0").rstrip(".") if decimals > 1 else text) + "%"
+    return f"{100 * x:.3g}%"
+
+
+def _leaf_line(pred) -> str:
+    from rich.markup import escape
+
+    leaf = pred.leaf
+    line = f"{escape(leaf.display_name)} {format_share(pred.leaf_probability)}  [dim]({escape(leaf.name)})[/dim]"
+    target = getattr(pred, "leaf_at_target", None)
+    if target is not None and target == target:  # not None, not NaN
+        line += f"; {escape(leaf.display_name)} at targets up to {target:.2f}"
+    return line
 
 
 def _print_text(console, pred, clf, explanation=None) -> None:
     from rich.markup import escape
 
-    if pred.error is not None:
-        console.print(f"[bold]{escape(str(pred.source))}[/bold]\n  [red]error:[/red] {escape(pred.error)}")
-        return
     node, leaf, tax = pred.node, pred.leaf, clf.taxonomy
     where = "" if pred.source is None else escape(pred.source)
     console.print(f"[bold]{where}[/bold]")
     if node is None:  # judged outside the taxonomy
         console.print(f"  answer      [bold red]{escape(outside_name(tax))}[/bold red]  [dim](score {pred.taxonomy_score:.2f})[/dim]")
-        console.print(f"  leaf guess  [dim]{escape(leaf.display_name)} {_fmt_p(pred.leaf_probability)} if it were[/dim]")
+        console.print(f"  leaf guess  [dim]{escape(leaf.display_name)} {format_share(pred.leaf_probability)} if it were[/dim]")
         return
-    kind = "leaf" if node.is_leaf else f"{len(node.leaves)} leaves"  # a single-leaf node is shown as its leaf
-    console.print(f"  answer      [bold green]{escape(node.display_name)}[/bold green]  [dim]({escape(node.name)}, {kind})[/dim]")
-    console.print(f"  path        {escape(' > '.join(tax.display_name(v) for v in node.path))}")
-    console.print(f"  probability {_fmt_p(pred.probability)}   info gain {pred.info_gain:.2f}")
-    same = ", the answer itself" if leaf.name == node.name else ""
-    console.print(
-        f"  leaf guess  {escape(leaf.display_name)} {_fmt_p(pred.leaf_probability)}  [dim]({escape(leaf.name)}{same})[/dim]"
-    )
+    if node.name == tax.root and not node.is_leaf:
+        # The root says nothing by itself: say that the model is not sure, and what it would guess.
+        console.print(f"  answer      [bold yellow]not sure beyond {escape(node.display_name)}[/bold yellow]"
+                      f"  [dim]({escape(node.name)}, all {len(node.leaves)} leaves)[/dim]")
+        console.print(f"  best leaf   {_leaf_line(pred)}")
+    else:
+        kind = "leaf" if node.is_leaf else f"one of {len(node.leaves)} leaves"  # a single-leaf node is its leaf
+        console.print(
+            f"  answer      [bold green]{escape(node.display_name)}[/bold green]  [dim]({escape(node.name)}, {kind})[/dim]"
+        )
+        console.print(f"  path        {escape(' > '.join(tax.display_name(v) for v in node.path))}")
+        if leaf.name == node.name:
+            console.print(f"  leaf guess  the answer itself, {format_share(pred.leaf_probability)}")
+        else:
+            console.print(f"  leaf guess  {_leaf_line(pred)}")
+    console.print(f"  probability {format_share(pred.probability)}   info gain {pred.info_gain:.2f}")
+    for note in getattr(pred, "warnings", ()):
+        console.print(f"  [yellow]warning:[/yellow] {escape(note)}")
     if explanation is not None:
         console.print(f"  explanation {escape(explanation)}")
 
@@ -143,14 +198,15 @@ def main(argv=None) -> int:
 
 
 def _run(args) -> int:
-    from hedged.classifier import UncalibratedError, format_angles
-    from hedged.inputs import expand_inputs
-    from hedged.results import Prediction
-
+    # arguments first: a typo is answered before the library is imported
     accuracy = parse_accuracy(args.accuracy)
     tta = parse_tta(args.tta)
+    from hedged.classifier import UncalibratedError, format_angles
+    from hedged.inputs import expand_inputs
+
     explain_dir = _explain_dir(args.explain)
-    clf = load_classifier(args.model, guarantee=args.guarantee, batch_size=args.batch_size)
+    extra = {} if args.max_pixels is None else {"max_pixels": args.max_pixels}
+    clf = load_classifier(args.model, guarantee=args.guarantee, batch_size=args.batch_size, **extra)
     if explain_dir is not None:
         _check_explainable(clf)
     try:
@@ -162,71 +218,36 @@ def _run(args) -> int:
             "the accuracy guarantee would not hold; pass --allow-uncalibrated to predict anyway"
         ) from None
 
-    entries = expand_inputs(args.inputs)
+    repeats: dict[str, int] = {}
+    entries = expand_inputs(args.inputs, repeats=repeats)
+    for path, times in repeats.items():
+        print(f"note: {path} is among the inputs {times} times; answered once", file=sys.stderr)
+    explainer = None if explain_dir is None else _Explainer(clf, explain_dir, args, accuracy, tta)
+    writer = _Writer(args.json, clf, accuracy, args.guarantee, explainer)
     todo = [path for path, err in entries if err is None]
     bar = _progress_bar(len(todo), args.batch_size)
-    task = None
+    task = bar.add_task("classify", total=len(todo)) if bar is not None else None
     if bar is not None:
         bar.start()
-        task = bar.add_task("classify", total=len(todo))
-
-    def progress(done, total):
-        if bar is not None:
-            bar.update(task, completed=done)
-
     try:
-        # The rules warn when the calibration set cannot certify the target (the
-        # answer is then the root): one "warning:" line, not a source excerpt.
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            preds = clf.predict(
-                todo, accuracy, errors="collect", tta=tta, allow_uncalibrated=args.allow_uncalibrated,
-                batch_size=args.batch_size, progress=progress, check_taxonomy=args.check_taxonomy,
-            )
+        _stream(clf, entries, accuracy, args, tta, writer, lambda done: bar and bar.update(task, completed=done))
+    except KeyboardInterrupt:
+        if bar is not None:
+            bar.stop()
+        print(f"interrupted: {writer.written} of {len(entries)} answers written", file=sys.stderr)
+        return EXIT_INTERRUPTED
     finally:
         if bar is not None:
             bar.stop()
-    for message in dict.fromkeys(" ".join(str(w.message).split()) for w in caught):
-        print(f"warning: {message}", file=sys.stderr)
-    by_path = iter(preds)
-    results = [
-        next(by_path) if err is None else Prediction.failed(path, err, accuracy, args.guarantee)
-        for path, err in entries
-    ]
 
-    pngs = [None] * len(results)
-    if explain_dir is not None:
-        pngs = _explain_all(clf, results, explain_dir, args, accuracy, tta)
-
-    guaranteed = all(p.guaranteed for p in results if p.error is None)
-    if args.json:
-        out = sys.stdout
-        for p, png in zip(results, pngs):
-            record = _finite(p.to_dict())
-            if explain_dir is not None and p.error is None:
-                record["explanation"] = png
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
-        out.flush()
-    else:
-        from rich.console import Console
-
-        console = Console(highlight=False, soft_wrap=True)
-        guarantee = "pac" if args.guarantee == "pac" else "expected"
-        header = f"accuracy target {_fmt_p(accuracy)} ({guarantee} guarantee)"
-        if not guaranteed:
-            header += "  [bold yellow]guarantee does NOT hold: uncalibrated TTA[/bold yellow]"
-        console.print(header)
-        for p, png in zip(results, pngs):
-            _print_text(console, p, clf, png)
-    if not guaranteed:
+    if not writer.guaranteed:
         print(
-            f"warning: TTA {format_angles(parse_tta(args.tta))} differs from the calibrated TTA "
+            f"warning: TTA {format_angles(tta)} differs from the calibrated TTA "
             f"{format_angles(clf.tta_angles)}; the accuracy guarantee does not hold",
             file=sys.stderr,
         )
-    failed = [p for p in results if p.error is not None]
-    if failed:
-        print(f"error: {len(failed)} of {len(results)} inputs could not be classified", file=sys.stderr)
+    if writer.failed:
+        print(f"error: {writer.failed} of {len(entries)} inputs could not be classified", file=sys.stderr)
         return EXIT_FAILED_INPUTS
     return EXIT_OK
 
@@ -261,48 +282,118 @@ def _check_explainable(clf) -> None:
         print(f"note: {note}", file=sys.stderr)
 
 
-def _png_names(results) -> list[str | None]:
-    """One file name per explained image: its stem, made unique (a/x.jpg and b/x.jpg)."""
-    from pathlib import Path
+class _Explainer:
+    """Writes one explanation PNG per answered photo (``<stem>.png``, made unique) and returns its path."""
 
-    used: set[str] = set()
-    names: list[str | None] = []
-    for p in results:
-        if p.error is not None:
-            names.append(None)
-            continue
-        stem = Path(p.source).stem if p.source else "image"
+    def __init__(self, clf, directory, args, accuracy, tta):
+        self.clf, self.directory, self.args, self.accuracy, self.tta = clf, directory, args, accuracy, tta
+        self.used: set[str] = set()
+
+    def __call__(self, pred) -> str | None:
+        from pathlib import Path
+
+        from hedged.models import ImageLoadError
+
+        if pred.node is None or pred.source is None:  # judged outside the taxonomy: nothing to explain
+            return None
+        stem = Path(pred.source).stem
         name, n = f"{stem}.png", 1
-        while name in used:
+        while name in self.used:  # a/x.jpg and b/x.jpg
             n += 1
             name = f"{stem}-{n}.png"
-        used.add(name)
-        names.append(name)
-    return names
-
-
-def _explain_all(clf, results, directory, args, accuracy, tta) -> list[str | None]:
-    """Write the explanation PNGs; an image that fails is reported and gets ``None``."""
-    from hedged.models import ImageLoadError
-
-    out: list[str | None] = []
-    for p, name in zip(results, _png_names(results)):
-        if name is None or p.node is None:  # unreadable, or judged outside the taxonomy: nothing to explain
-            out.append(None)
-            continue
-        path = directory / name
+        self.used.add(name)
+        path = self.directory / name
+        args = self.args
         try:
-            expl = clf.explain(
-                p.source, node=p.node.name, accuracy=accuracy, method=args.explain_method,
-                guarantee=args.guarantee, tta=tta, allow_uncalibrated=args.allow_uncalibrated,
+            expl = self.clf.explain(
+                pred.source, node=pred.node.name, accuracy=self.accuracy, method=args.explain_method,
+                guarantee=args.guarantee, tta=self.tta, allow_uncalibrated=args.allow_uncalibrated,
             )
             expl.save(path)
         except (ImageLoadError, OSError) as err:
-            print(f"warning: cannot explain {p.source}: {err}", file=sys.stderr)
-            out.append(None)
-            continue
-        out.append(str(path))
-    return out
+            print(f"warning: cannot explain {pred.source}: {err}", file=sys.stderr)
+            return None
+        return str(path)
+
+
+def _stream(clf, entries, accuracy, args, tta, writer, progress) -> None:
+    """Classify batch by batch and write each batch's answers as soon as it is done, in input order."""
+    from hedged.results import Prediction
+
+    said: set[str] = set()
+    done = 0
+    i = 0
+    while i < len(entries):
+        # the next batch: up to batch_size readable entries, plus the failed ones between them
+        batch, paths = [], []
+        while i < len(entries) and len(paths) < args.batch_size:
+            batch.append(entries[i])
+            if entries[i][1] is None:
+                paths.append(entries[i][0])
+            i += 1
+        preds = iter(())
+        if paths:
+            # The rules warn when the calibration set cannot certify the target (the
+            # answer is then the root): one "warning:" line, once, not a source excerpt.
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                preds = iter(clf.predict(
+                    paths, accuracy, errors="collect", tta=tta, allow_uncalibrated=args.allow_uncalibrated,
+                    batch_size=args.batch_size, check_taxonomy=args.check_taxonomy,
+                ))
+            for message in dict.fromkeys(" ".join(str(w.message).split()) for w in caught):
+                if message not in said:
+                    said.add(message)
+                    print(f"warning: {message}", file=sys.stderr)
+        for path, err in batch:
+            writer.write(next(preds) if err is None else Prediction.failed(path, err, accuracy, args.guarantee))
+        writer.flush()
+        done += len(paths)
+        progress(done)
+
+
+class _Writer:
+    """Writes answers as text blocks or JSON Lines; per-file errors in text mode go to stderr."""
+
+    def __init__(self, as_json: bool, clf, accuracy: float, guarantee: str, explainer=None):
+        self.as_json, self.clf, self.explainer = as_json, clf, explainer
+        self.written = self.failed = 0
+        self.guaranteed = True
+        self.console = None
+        if not as_json:
+            from rich.console import Console
+
+            self.console = Console(highlight=False, soft_wrap=True)
+            self.console.print(
+                f"accuracy target {format_share(accuracy)} ({guarantee} guarantee): over many photos at least "
+                f"that share of answers is right; it is not a promise about any single photo"
+            )
+
+    def write(self, pred) -> None:
+        self.written += 1
+        if pred.error is not None:
+            self.failed += 1
+            if not self.as_json:
+                print(f"error: {pred.source}: {pred.error}", file=sys.stderr)
+                return
+        elif not pred.guaranteed and self.guaranteed:
+            self.guaranteed = False
+            if self.console is not None:
+                self.console.print("[bold yellow]the guarantee does NOT hold: uncalibrated TTA[/bold yellow]")
+        png = self.explainer(pred) if self.explainer is not None and pred.error is None else None
+        if self.as_json:
+            record = _finite(pred.to_dict())
+            if self.explainer is not None and pred.error is None:
+                record["explanation"] = png
+            sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+        else:
+            _print_text(self.console, pred, self.clf, png)
+
+    def flush(self) -> None:
+        # JSON Lines consumers (jq, a pipe) see each batch as soon as it is done
+        sys.stdout.flush()
+        if self.as_json is False:
+            sys.stderr.flush()
 
 
 def _finite(d: dict) -> dict:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from hedged.cli._common import positive_int
 
+MIN_IMAGE_SIZE = 32
+
 DESCRIPTION = """\
 Fine-tune an ImageNet EfficientNet-Lite on labelled photos and write a model
 bundle (weights, taxonomy, preprocessing, TTA angles, temperature, calibration
@@ -31,6 +33,22 @@ from the calibration split only.
 """
 
 
+EPILOG = """\
+examples:
+  hedged train --out bundles/mine                              the shared clothing photos, defaults
+  hedged train --data photos/ --taxonomy my.yaml --out bundles/mine --tta auto
+  hedged train --limit 200 --epochs 2 --out /tmp/quick --force  a quick smoke run
+
+warnings (stderr, the run goes on): leaves without training photos, a
+validation split too small to choose the temperature and TTA, a temperature
+at the end of its search range.
+
+exit status: 0 bundle written; 2 usage error (bad data, taxonomy or arguments;
+--out not writable or already holding files without --force, checked before
+training starts); 130 interrupted.
+"""
+
+
 def _angles(text: str):
     if text == "auto":
         return "auto"
@@ -41,6 +59,14 @@ def _angles(text: str):
     if not angles:
         raise argparse.ArgumentTypeError("needs at least one angle")
     return angles
+
+
+def _image_size(text: str) -> int:
+    value = positive_int(text)
+    if value < MIN_IMAGE_SIZE:
+        # EfficientNet downsamples 32x: below that the last feature map is under one pixel
+        raise argparse.ArgumentTypeError(f"must be at least {MIN_IMAGE_SIZE} px, got {value}")
+    return value
 
 
 def _device(text: str) -> str:
@@ -67,15 +93,17 @@ def _fractions(text: str):
 
 def build_parser() -> argparse.ArgumentParser:
     from hedged.cli._common import Parser
-    from hedged.models.training import TrainConfig
+    from hedged.models.config import TrainConfig
 
     d = TrainConfig(data="", taxonomy="", out="")
-    p = Parser(prog="hedged train", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="hedged train", description=DESCRIPTION, epilog=EPILOG,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="../shared/data/clothing", help="CSV file, folder with images.csv, or ImageFolder root (default: %(default)s)")
     p.add_argument("--taxonomy", default="taxonomies/clothing.yaml", help="taxonomy YAML (default: %(default)s)")
-    p.add_argument("--out", required=True, help="bundle directory to write")
+    p.add_argument("--out", required=True, help="bundle directory to write (checked before training starts)")
+    p.add_argument("--force", action="store_true", help="overwrite the files of an existing --out folder")
     p.add_argument("--arch", default=d.arch, choices=["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
-    p.add_argument("--image-size", type=positive_int, default=d.image_size, help="input side in px (default: %(default)s)")
+    p.add_argument("--image-size", type=_image_size, default=d.image_size, help="input side in px (default: %(default)s)")
     p.add_argument("--resize", default=d.resize, choices=["center_crop", "squash", "pad"], help="resize policy (default: %(default)s)")
     p.add_argument("--epochs", type=positive_int, default=d.epochs, help="max epochs over the cached views (default: %(default)s)")
     p.add_argument("--train-blocks", type=int, default=d.train_blocks, help="trained tail blocks; the rest is frozen and cached (default: %(default)s)")
@@ -142,7 +170,16 @@ def _run(args) -> int:
     from hedged.models.training import TrainConfig, train
     from hedged.taxonomy import TaxonomyError
 
-    kw = {k: v for k, v in vars(args).items() if k not in ("fp32", "quiet")}
+    from hedged.cli._common import UsageError, check_output_dir
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (args.force or args.resume):
+        raise UsageError(f"--out {out} already holds files (a bundle?); pass --force to overwrite it")
+    # checked now, not after an hour of training
+    check_output_dir(out)
+    kw = {k: v for k, v in vars(args).items() if k not in ("fp32", "quiet", "force")}
     if args.resume and not args.full_finetune:
         print("error: --resume needs --full-finetune (the cached recipe keeps its feature cache instead)", file=sys.stderr)
         return 2
@@ -154,8 +191,16 @@ def _run(args) -> int:
         kw["log_file"] = (str(Path(kw["checkpoint_dir"]) / "train.log") if kw["checkpoint_dir"]
                           else args.out.rstrip("/") + ".log")
     cfg = TrainConfig(**kw, half=not args.fp32, progress=not args.quiet and interactive)
+    import warnings
+
+    def show(message, category, *rest, **kw):  # one plain line as soon as it is raised
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
     try:
-        result = train(cfg)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", UserWarning)
+            warnings.showwarning = show
+            result = train(cfg)
     except (DatasetError, TaxonomyError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
