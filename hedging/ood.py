@@ -14,7 +14,11 @@ produces anyway into one decision:
 ``max_logit``
     the largest logit (Hendrycks et al. 2022);
 ``feature_norm``
-    the L2 norm of the penultimate features.
+    the L2 norm of the penultimate features;
+``mahalanobis``
+    minus the squared Mahalanobis distance of the features to the mean of the
+    taxonomy's photos (Lee et al. 2018; one mean, Ledoit-Wolf shrunk covariance
+    estimated on held-out clothing photos).
 
 Each is computed per TTA view and averaged over the views. A logistic
 regression on the standardised signals (fitted on clothing photos against
@@ -37,7 +41,8 @@ from hedged.hedging._base import NotFittedError
 
 __all__ = ["SIGNALS", "InTaxonomyDetector", "finite_sample_threshold", "taxonomy_signals"]
 
-SIGNALS = ("imagenet", "energy", "max_logit", "feature_norm")
+SIGNALS = ("imagenet", "energy", "max_logit", "feature_norm", "mahalanobis")
+_NEEDS_FEATURES = ("imagenet", "feature_norm", "mahalanobis")
 
 
 def _logsumexp(z: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -52,6 +57,8 @@ def taxonomy_signals(
     imagenet_weight=None,
     imagenet_bias=None,
     imagenet_in=None,
+    feature_mean=None,
+    feature_precision=None,
     signals: Sequence[str] = SIGNALS,
 ) -> np.ndarray:
     """The detector's raw signals of each image, averaged over its TTA views.
@@ -66,6 +73,8 @@ def taxonomy_signals(
         The ImageNet head; needed for ``imagenet``.
     imagenet_in : array-like of int
         ImageNet class indices inside the taxonomy (clothing, footwear, headdress).
+    feature_mean, feature_precision : array-like, shapes (D,) and (D, D)
+        Mean and inverse covariance of in-taxonomy features; needed for ``mahalanobis``.
     signals : sequence of str
         Which of :data:`SIGNALS`, in this column order.
 
@@ -90,7 +99,7 @@ def taxonomy_signals(
             raise ValueError(f"features {f.shape} and logits {z.shape} must agree on (N, k)")
     cols = []
     for name in signals:
-        if name in ("imagenet", "feature_norm") and f is None:
+        if name in _NEEDS_FEATURES and f is None:
             raise ValueError(f"signal {name!r} needs the penultimate features")
         if name == "imagenet":
             if imagenet_weight is None or imagenet_in is None:
@@ -103,6 +112,11 @@ def taxonomy_signals(
             v = _logsumexp(z)
         elif name == "max_logit":
             v = z.max(axis=-1)
+        elif name == "mahalanobis":
+            if feature_mean is None or feature_precision is None:
+                raise ValueError("signal 'mahalanobis' needs feature_mean and feature_precision")
+            d = f - np.asarray(feature_mean, dtype=np.float64)
+            v = -np.einsum("nkd,nkd->nk", d @ np.asarray(feature_precision, dtype=np.float64), d)
         else:
             v = np.linalg.norm(f, axis=-1)
         cols.append(v.mean(axis=1))
@@ -216,16 +230,24 @@ class InTaxonomyDetector:
         return self.score(X) >= self.threshold_for(max_false_rejection)
 
     # ------------------------------------------------------ from model outputs
-    def set_head(self, imagenet_weight=None, imagenet_bias=None, imagenet_in=None) -> InTaxonomyDetector:
-        """Attach the ImageNet head and in-taxonomy class indices the ``imagenet`` signal needs."""
-        self.imagenet_weight_ = None if imagenet_weight is None else np.asarray(imagenet_weight, dtype=np.float32)
-        self.imagenet_bias_ = None if imagenet_bias is None else np.asarray(imagenet_bias, dtype=np.float32)
-        self.imagenet_in_ = None if imagenet_in is None else np.asarray(imagenet_in, dtype=np.int64)
+    def set_head(
+        self, imagenet_weight=None, imagenet_bias=None, imagenet_in=None, feature_mean=None, feature_precision=None
+    ) -> InTaxonomyDetector:
+        """Attach the arrays the ``imagenet`` (head, in-taxonomy class indices) and
+        ``mahalanobis`` (feature mean and precision) signals need."""
+        def arr(x, dtype):
+            return None if x is None else np.asarray(x, dtype=dtype)
+
+        self.imagenet_weight_ = arr(imagenet_weight, np.float32)
+        self.imagenet_bias_ = arr(imagenet_bias, np.float32)
+        self.imagenet_in_ = arr(imagenet_in, np.int64)
+        self.feature_mean_ = arr(feature_mean, np.float32)
+        self.feature_precision_ = arr(feature_precision, np.float32)
         return self
 
     @property
     def needs_features(self) -> bool:
-        return any(s in ("imagenet", "feature_norm") for s in self.signals)
+        return any(s in _NEEDS_FEATURES for s in self.signals)
 
     def signals_of(self, logits, features=None) -> np.ndarray:
         """:func:`taxonomy_signals` of model outputs, with this detector's signals and head."""
@@ -235,6 +257,8 @@ class InTaxonomyDetector:
             imagenet_weight=getattr(self, "imagenet_weight_", None),
             imagenet_bias=getattr(self, "imagenet_bias_", None),
             imagenet_in=getattr(self, "imagenet_in_", None),
+            feature_mean=getattr(self, "feature_mean_", None),
+            feature_precision=getattr(self, "feature_precision_", None),
             signals=self.signals,
         )
 

@@ -472,29 +472,39 @@ def _load_detector(path: Path, manifest: dict, model: nn.Module):
         det = InTaxonomyDetector.from_dict(json.loads((path / OOD).read_text()))
     except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as err:
         raise BundleError(f"bundle file {OOD!r}: {err}") from None
-    if "imagenet" in det.signals:
-        if OOD_ARRAYS not in manifest["files"]:
-            raise BundleError(f"the detector reads the ImageNet head but the bundle lists no {OOD_ARRAYS!r}")
+    if OOD_ARRAYS in manifest["files"]:
         try:
             with np.load(path / OOD_ARRAYS, allow_pickle=False) as z:
-                det.set_head(z["imagenet_weight"], z["imagenet_bias"], z["imagenet_in"])
-        except (KeyError, ValueError, OSError) as err:
-            raise BundleError(f"bundle file {OOD_ARRAYS!r} must hold imagenet_weight, imagenet_bias, imagenet_in: {err}") from None
-        if det.imagenet_weight_.shape[1] != model.get_classifier().in_features:
-            raise BundleError(
-                f"{OOD_ARRAYS}: ImageNet head takes {det.imagenet_weight_.shape[1]} features, "
-                f"the model gives {model.get_classifier().in_features}"
-            )
+                det.set_head(**{k: z[k] for k in _OOD_ARRAY_KEYS if k in z.files})
+        except (ValueError, OSError) as err:
+            raise BundleError(f"bundle file {OOD_ARRAYS!r} is unreadable: {err}") from None
+    dim = model.get_classifier().in_features
+    needs = {"imagenet": ("imagenet_weight", "imagenet_bias", "imagenet_in"),
+             "mahalanobis": ("feature_mean", "feature_precision")}
+    for signal, keys in needs.items():
+        if signal in det.signals:
+            missing = [k for k in keys if getattr(det, k + "_", None) is None]
+            if missing:
+                raise BundleError(f"the detector reads {signal!r} but {OOD_ARRAYS!r} lacks {', '.join(missing)}")
+    for key in ("imagenet_weight", "feature_precision"):
+        a = getattr(det, key + "_", None)
+        if a is not None and a.shape[-1] != dim:
+            raise BundleError(f"{OOD_ARRAYS}: {key} takes {a.shape[-1]} features, the model gives {dim}")
     return det
 
 
-def save_detector(path, detector, *, imagenet_weight=None, imagenet_bias=None, imagenet_in=None, info=None) -> Path:
+_OOD_ARRAY_KEYS = ("imagenet_weight", "imagenet_bias", "imagenet_in", "feature_mean", "feature_precision")
+
+
+def save_detector(path, detector, *, info=None) -> Path:
     """Add (or replace) the out-of-taxonomy detector of an existing bundle.
 
     Writes ``ood.json`` (plain JSON: ``detector.to_dict()`` plus ``info``) and, when
-    the detector reads the ``imagenet`` signal, ``ood.npz`` (head weight as fp16,
-    bias, in-taxonomy class indices; no pickles), then records their sha256 in the
-    manifest so that loading keeps checking every file.
+    the detector reads ``imagenet`` or ``mahalanobis``, ``ood.npz`` with the arrays
+    attached by ``detector.set_head`` (fp16 for the two matrices, to keep the git
+    footprint small; fit the detector with the rounded values, so that its stored
+    calibration scores are what loading reproduces), then records their sha256 in
+    the manifest so that loading keeps checking every file.
     """
     path = Path(path)
     manifest = read_manifest(path)
@@ -502,13 +512,12 @@ def save_detector(path, detector, *, imagenet_weight=None, imagenet_bias=None, i
     (path / OOD).write_text(json.dumps(params, indent=1) + "\n")
     files = dict(manifest["files"])
     files[OOD] = sha256_file(path / OOD)
-    if "imagenet" in detector.signals:
-        np.savez_compressed(
-            path / OOD_ARRAYS,
-            imagenet_weight=np.asarray(imagenet_weight, dtype=np.float16),
-            imagenet_bias=np.asarray(imagenet_bias, dtype=np.float32),
-            imagenet_in=np.asarray(imagenet_in, dtype=np.int64),
-        )
+    arrays = {k: getattr(detector, k + "_") for k in _OOD_ARRAY_KEYS if getattr(detector, k + "_", None) is not None}
+    if arrays and detector.needs_features:
+        for k in ("imagenet_weight", "feature_precision"):
+            if k in arrays:
+                arrays[k] = arrays[k].astype(np.float16)
+        np.savez_compressed(path / OOD_ARRAYS, **arrays)
         files[OOD_ARRAYS] = sha256_file(path / OOD_ARRAYS)
     else:
         (path / OOD_ARRAYS).unlink(missing_ok=True)

@@ -62,10 +62,14 @@ def test_signals_hand_computed():
     logits = np.array([[[0.0, math.log(3.0)], [0.0, math.log(3.0)]]])  # 1 image, 2 identical views
     feats = np.array([[[3.0, 4.0], [3.0, 4.0]]])
     w = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])  # ImageNet logits = (3, 4, 0)
-    X = taxonomy_signals(logits, feats, imagenet_weight=w, imagenet_bias=np.zeros(3), imagenet_in=[1])
+    X = taxonomy_signals(
+        logits, feats, imagenet_weight=w, imagenet_bias=np.zeros(3), imagenet_in=[1],
+        feature_mean=[1.0, 2.0], feature_precision=np.diag([2.0, 0.5]),
+    )
     energy, max_logit, norm = math.log(4.0), math.log(3.0), 5.0
     imagenet = 4.0 - math.log(math.exp(3) + math.exp(4) + 1.0)  # log p(class 1)
-    np.testing.assert_allclose(X, [[imagenet, energy, max_logit, norm]])
+    mahalanobis = -(2.0 * 2**2 + 0.5 * 2**2)  # d = (2, 2)
+    np.testing.assert_allclose(X, [[imagenet, energy, max_logit, norm, mahalanobis]])
 
 
 def test_signals_average_the_views_and_accept_2d():
@@ -80,6 +84,8 @@ def test_signals_errors():
         taxonomy_signals(z, signals=["colour"])
     with pytest.raises(ValueError, match="needs the penultimate features"):
         taxonomy_signals(z, signals=["feature_norm"])
+    with pytest.raises(ValueError, match="feature_mean"):
+        taxonomy_signals(z, np.zeros((2, 1, 4)), signals=["mahalanobis"])
     with pytest.raises(ValueError, match="agree on"):
         taxonomy_signals(z, np.zeros((2, 2, 4)), signals=["feature_norm"])
 
