@@ -19,6 +19,17 @@ pipeline keeps; the goal is >= 70 %). Each row is the median of ``--repeats`` ti
 passes after one warm-up pass; passes are interleaved across rows.
 
     python bench/bench_inference.py --data ../shared/data/clothing --out bench/results/inference.json
+
+``--backends`` compares the runtimes instead (torch, ONNX fp32, ONNX int8 bundles, in
+one run, ``--threads`` threads each): whole-pipeline images/s (``HedgedClassifier.predict_proba``
+from file paths) at batch 1 and 8, without and with the bundle's TTA; process start to
+first answer of ``predict.py --json examples/polo.jpg`` and that process's peak RSS
+(median of ``--repeats`` fresh processes); the model file's size::
+
+    python export.py --model models/bundles/clothing --out /tmp/clothing-fp32 --data ../shared/data/clothing
+    python bench/bench_inference.py --backends torch=models/bundles/clothing \
+        onnx-fp32=/tmp/clothing-fp32 onnx-int8=models/bundles/clothing-int8 \
+        --threads 2 --n-images 32 --out bench/results/backends.json
 """
 
 from __future__ import annotations
@@ -86,7 +97,11 @@ def main(argv=None) -> int:
     p.add_argument("--no-fuse-bn", dest="fuse_bn", action="store_false",
                    help="run the pipeline on the checkpoint model instead of the BN-folded copy")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
+    p.add_argument("--backends", nargs="+", metavar="NAME=BUNDLE", default=None,
+                   help="compare these bundles (torch or exported ONNX) end to end instead of the stage table")
     args = p.parse_args(argv)
+    if args.backends:
+        return compare_backends(args, argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -167,6 +182,85 @@ def main(argv=None) -> int:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    return 0
+
+
+def _first_answer(bundle: str, image: Path, threads: int) -> tuple[float, float]:
+    """Wall seconds from process start to predict.py's answer, and that process's peak RSS (MiB)."""
+    import subprocess
+    import tempfile
+
+    cmd = [sys.executable, str(REPO / "predict.py"), "--model", bundle, "--json", "--threads", str(threads), str(image)]
+    with tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, cwd=REPO,
+                                env=dict(os.environ, PYTHONPATH=str(REPO)))
+        _, status, usage = os.wait4(proc.pid, 0)  # wait4: this child's own peak RSS
+        seconds = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode:
+            err.seek(0)
+            raise SystemExit(f"error: predict.py failed for {bundle}: {err.read().decode().strip()[-300:]}")
+    return seconds, usage.ru_maxrss / 1024
+
+
+def compare_backends(args, argv) -> int:
+    """torch vs ONNX fp32 vs ONNX int8 bundles, whole pipeline (see the module docstring)."""
+    from hedged import HedgedClassifier
+    from hedged.models.bundle import model_file, read_manifest
+
+    threads = args.threads or 2
+    torch.set_num_threads(threads)
+    paths = pick_images(args.data, args.n_images)
+    polo = REPO / "examples" / "polo.jpg"
+    results = []
+    for spec in args.backends:
+        name, _, bundle = spec.partition("=")
+        if not bundle:
+            raise SystemExit(f"error: --backends wants NAME=BUNDLE, got {spec!r}")
+        manifest = read_manifest(bundle)
+        clf = HedgedClassifier.from_bundle(bundle, threads=threads)
+        angles = clf.tta_angles
+        stages = {}
+        for bs in (1, 8):
+            for tta in ((0.0,), angles):
+                key = f"batch {bs}, {'TTA ' + ','.join(f'{a:g}' for a in tta) if len(tta) > 1 else 'no TTA'}"
+                stages[key] = (lambda bs=bs, tta=tta: clf.predict_proba(
+                    paths, tta=tta, allow_uncalibrated=True, batch_size=bs))
+        seconds = time_round_robin(stages, args.repeats)
+        # fresh processes, measured one at a time: start-up includes imports and model loading
+        starts = [_first_answer(bundle, polo, threads) for _ in range(max(1, args.repeats))]
+        results.append({
+            "backend": name, "bundle": bundle, "runtime": manifest.get("runtime", "torch"),
+            "precision": manifest.get("onnx", {}).get("precision", manifest.get("weights_dtype", "float32")),
+            "file_mb": (Path(bundle) / model_file(manifest)).stat().st_size / 1e6,
+            "images_per_s": {k: len(paths) / s for k, s in seconds.items()},
+            "first_answer_s": statistics.median(w for w, _ in starts),
+            "first_answer_peak_rss_mib": statistics.median(m for _, m in starts),
+        })
+        del clf
+    base = results[0]["images_per_s"]
+    for r in results:
+        r["speedup_vs_first"] = {k: v / base[k] for k, v in r["images_per_s"].items()}
+
+    from rich.console import Console
+    from rich.table import Table
+
+    keys = list(results[0]["images_per_s"])
+    table = Table(title=f"whole pipeline, {len(paths)} clothing JPEGs, {threads} threads ({cpu_model()})")
+    for col in ["backend", "file MB", *[f"img/s {k}" for k in keys], "first answer s", "peak RSS MiB"]:
+        table.add_column(col, justify="left" if col == "backend" else "right")
+    for r in results:
+        cells = [f"{r['images_per_s'][k]:.1f} ({r['speedup_vs_first'][k]:.1f}x)" for k in keys]
+        table.add_row(r["backend"], f"{r['file_mb']:.1f}", *cells, f"{r['first_answer_s']:.2f}",
+                      f"{r['first_answer_peak_rss_mib']:.0f}")
+    Console().print(table)
+    if args.out:
+        meta = {"n_images": len(paths), "threads": threads, "repeats": args.repeats, "cpu": cpu_model(),
+                "cpu_count": os.cpu_count(), "torch": torch.__version__,
+                "command": " ".join([Path(sys.argv[0]).as_posix()] + (argv if argv is not None else sys.argv[1:]))}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"meta": meta, "backends": results}, indent=2) + "\n")
     return 0
 
 

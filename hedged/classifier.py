@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import inspect
 import math
 import os
@@ -205,17 +206,18 @@ class HedgedClassifier:
 
     # ------------------------------------------------------------------ build
     @classmethod
-    def from_bundle(cls, path=None, **kwargs) -> HedgedClassifier:
+    def from_bundle(cls, path=None, *, threads: int | None = None, **kwargs) -> HedgedClassifier:
         """Load a model bundle (``None``: the bundled default model).
 
         The bundle's CNN, preprocessing, TTA angles, temperature and calibration
         posteriors are used as they are; ``kwargs`` go to the constructor
-        (``guarantee``, ``delta``, ``batch_size``).
+        (``guarantee``, ``delta``, ``batch_size``). An exported bundle
+        (``export.py``) runs on ONNX Runtime with ``threads`` intra-op threads
+        (``None``: one per core) and never imports torch.
         """
-        from hedged.models import load_bundle
-        from hedged.models.bundle import DEFAULT_BUNDLE
+        from hedged.models.bundle import DEFAULT_BUNDLE, load_bundle
 
-        bundle = load_bundle(DEFAULT_BUNDLE if path is None else path)
+        bundle = load_bundle(DEFAULT_BUNDLE if path is None else path, threads=threads)
         model = bundle.model
         if hasattr(model, "fuse_batchnorm"):
             # Folding BatchNorm into the convolutions saves about a fifth of CPU
@@ -437,7 +439,15 @@ class HedgedClassifier:
             raise ValueError(f"errors must be one of {', '.join(ERRORS)}, got {errors!r}")
         if self.model is None or self.preprocess is None:
             raise UncalibratedError("this HedgedClassifier has no image model: use from_bundle() or predict_from_probs()")
-        from hedged.models import ImageLoadError, average_view_probs, predict_logits
+        from hedged.models.preprocess import ImageLoadError
+        from hedged.models.tta import average_view_probs
+
+        if hasattr(self.model, "session"):  # an exported bundle's OnnxModel: no torch
+            predict_logits = self.model.predict_logits
+        else:
+            from hedged.models.inference import predict_logits
+
+            predict_logits = functools.partial(predict_logits, self.model, progress=False)
 
         items = [inputs] if _is_single_input(inputs) else list(inputs)
         batch_size = self.batch_size if batch_size is None else int(batch_size)
@@ -474,12 +484,10 @@ class HedgedClassifier:
                     failures[i] = str(err)
             if images:
                 out = predict_logits(
-                    self.model,
                     images,
                     self.preprocess,
                     angles=angles,
                     batch_size=batch_size,
-                    progress=False,
                     return_features=check and self.detector.needs_features,
                 )
                 logits, feats = out if isinstance(out, tuple) else (out, None)

@@ -19,6 +19,14 @@ A bundle is a directory::
     ood.npz           (optional) the ImageNet head (weight fp16, bias) and the
                       in-taxonomy ImageNet class indices, when the detector reads them
 
+An exported bundle (``export.py``, ``"runtime": "onnx"`` in the manifest) holds
+``model.onnx`` instead of ``weights.pt``, plus ``decision.json`` (the hedging
+rule as plain data, for apps without Python); its calibration and test
+posteriors were computed through that ONNX file, and the manifest's
+``calibrated_model`` (the sha256 of the model file the calibration belongs to)
+must match the model file, or loading refuses. Loading an ONNX bundle imports
+onnxruntime, never torch (see :mod:`hedged.models.onnx_model`).
+
 Like a torchvision weights entry, the bundle carries its own preprocessing and
 calibration, so at prediction time it is the single source of truth. Loading
 re-hashes every file and cross-checks the pieces, and refuses an inconsistent
@@ -34,16 +42,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from hedged.taxonomy import Taxonomy, TaxonomyError
 
 from hedged.models.data import sha256_file
-from hedged.models.inference import OUTPUTS
 from hedged.models.preprocess import Preprocess
-from hedged.models.registry import ARCHS, create_model, describe_load_error
 from hedged.models.tta import check_angles
+
+# torch (and the registry, which needs it) are imported inside the torch-bundle
+# functions: an exported ONNX bundle loads with onnxruntime alone.
 
 FORMAT = "hedged-bundle/1"
 MANIFEST = "bundle.json"
@@ -54,11 +61,16 @@ TEST = "test.npz"
 SPLIT = "split.json"
 OOD = "ood.json"
 OOD_ARRAYS = "ood.npz"
-REQUIRED_FILES = (WEIGHTS, TAXONOMY, CALIBRATION)
+ONNX_MODEL = "model.onnx"
+DECISION = "decision.json"
+RUNTIMES = ("torch", "onnx")
+REQUIRED_FILES = (TAXONOMY, CALIBRATION)
 REQUIRED_KEYS = ("format", "arch", "num_classes", "preprocess", "tta_angles", "temperature", "files")
 
-#: The committed default model (clothing, 17 leaves).
-DEFAULT_BUNDLE = Path(__file__).resolve().parent / "bundles" / "clothing"
+#: The committed torch bundle (clothing, 17 leaves): the source for training, explanations and export.
+DEFAULT_TORCH_BUNDLE = Path(__file__).resolve().parent / "bundles" / "clothing"
+#: The bundle used when no model is named.
+DEFAULT_BUNDLE = DEFAULT_TORCH_BUNDLE
 
 
 class BundleError(ValueError):
@@ -71,8 +83,8 @@ class Bundle:
 
     Attributes
     ----------
-    model : torch.nn.Module
-        In eval mode, float32, channels_last.
+    model : torch.nn.Module or hedged.models.onnx_model.OnnxModel
+        Torch bundles: in eval mode, float32. ONNX bundles: an ONNX Runtime session wrapper.
     arch : str
     taxonomy : Taxonomy
         Its ``leaves`` are the model's output columns.
@@ -91,9 +103,12 @@ class Bundle:
     detector : hedging.ood.InTaxonomyDetector or None
         Says whether a photo is in the taxonomy at all (``ood.json``); ``None``
         when the bundle has none.
+    runtime : {"torch", "onnx"}
+    manifest : dict
+        The parsed ``bundle.json``.
     """
 
-    model: nn.Module
+    model: Any
     arch: str
     taxonomy: Taxonomy
     preprocess: Preprocess
@@ -109,11 +124,20 @@ class Bundle:
     path: Path | None = None
     detector: Any = None
     calibration_groups: np.ndarray | None = None
+    runtime: str = "torch"
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def _outputs() -> dict:
+    from hedged.models.inference import OUTPUTS  # torch-side module: imported when saving only
+
+    return OUTPUTS
 
 
 def library_versions() -> dict[str, str]:
     import numpy
     import scipy
+    import torch
     import torchvision
 
     return {
@@ -140,7 +164,7 @@ def _jsonable(obj):
     return obj
 
 
-def _head_size(state: dict[str, torch.Tensor], model: nn.Module) -> int | None:
+def _head_size(state: dict, model) -> int | None:
     for name, module in model.named_modules():
         if module is model.get_classifier():
             w = state.get(f"{name}.weight")
@@ -165,7 +189,7 @@ def _check_probs(probs, labels, n_leaves: int, what: str) -> tuple[np.ndarray, n
 def save_bundle(
     path,
     *,
-    model: nn.Module,
+    model,
     arch: str,
     taxonomy: Taxonomy,
     preprocess: Preprocess,
@@ -212,6 +236,10 @@ def save_bundle(
     Path
         The bundle directory.
     """
+    import torch
+
+    from hedged.models.registry import ARCHS
+
     path = Path(path)
     if arch not in ARCHS:
         raise BundleError(f"unknown architecture {arch!r}; expected one of {list(ARCHS)}")
@@ -253,8 +281,10 @@ def save_bundle(
         "tta_angles": list(angles),
         "temperature": float(temperature),
         "weights_dtype": "float16" if half else "float32",
-        "outputs": dict(OUTPUTS),
+        "outputs": dict(_outputs()),
         "files": {name: sha256_file(path / name) for name in files},
+        # The calibration posteriors belong to exactly this model file; load refuses another.
+        "calibrated_model": sha256_file(path / WEIGHTS),
         "metrics": _jsonable(metrics or {}),
         "provenance": _jsonable(provenance or {}),
         "versions": library_versions(),
@@ -285,10 +315,29 @@ def read_manifest(path) -> dict:
     files = manifest["files"]
     if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
         raise BundleError(f"{MANIFEST}: 'files' must map file names to sha256 hex digests")
-    for name in REQUIRED_FILES:
+    runtime = manifest.get("runtime", "torch")
+    if runtime not in RUNTIMES:
+        raise BundleError(f"{MANIFEST}: unknown runtime {runtime!r}; expected one of {list(RUNTIMES)}")
+    for name in REQUIRED_FILES + (model_file(manifest),):
         if name not in files:
             raise BundleError(f"{MANIFEST}: 'files' does not list required file {name!r}")
+    calibrated = manifest.get("calibrated_model")
+    if calibrated is not None and calibrated != files[model_file(manifest)]:
+        raise BundleError(
+            f"{MANIFEST}: the calibration belongs to model sha256 {str(calibrated)[:12]}... but "
+            f"{model_file(manifest)} is {files[model_file(manifest)][:12]}...; re-export or recalibrate the bundle"
+        )
     return manifest
+
+
+def model_file(manifest: dict) -> str:
+    """The bundle's network file: ``weights.pt`` (torch) or the ONNX file the manifest names."""
+    if manifest.get("runtime", "torch") == "onnx":
+        onnx = manifest.get("onnx")
+        if not isinstance(onnx, dict) or not isinstance(onnx.get("file"), str):
+            raise BundleError(f"{MANIFEST}: an onnx bundle needs an 'onnx' object naming its 'file'")
+        return onnx["file"]
+    return WEIGHTS
 
 
 def verify_files(path, manifest: dict) -> None:
@@ -367,7 +416,7 @@ def _load_npz(path: Path, name: str, n_leaves: int):
     return _check_probs(probs, labels, n_leaves, Path(name).stem)
 
 
-def load_bundle(path=None, *, verify: bool = True) -> Bundle:
+def load_bundle(path=None, *, verify: bool = True, threads: int | None = None) -> Bundle:
     """Load and check a model bundle.
 
     Parameters
@@ -376,6 +425,9 @@ def load_bundle(path=None, *, verify: bool = True) -> Bundle:
         Bundle directory; ``None`` loads :data:`DEFAULT_BUNDLE`.
     verify : bool
         Check each file's sha256 against the manifest (a few ms for a 7 MB bundle).
+    threads : int or None
+        ONNX bundles: ONNX Runtime's intra-op threads (``None``: its default, one per
+        core). Torch bundles ignore it (``torch.set_num_threads`` is process-wide).
 
     Returns
     -------
@@ -414,26 +466,13 @@ def load_bundle(path=None, *, verify: bool = True) -> Bundle:
     except (TypeError, ValueError) as err:
         raise BundleError(f"{MANIFEST}: bad preprocess recipe: {err}") from None
     arch = manifest["arch"]
-    if arch not in ARCHS:
-        raise BundleError(f"{MANIFEST}: unknown architecture {arch!r}; expected one of {list(ARCHS)}")
+    runtime = manifest.get("runtime", "torch")
+    if runtime == "onnx":
+        from hedged.models.onnx_model import OnnxModel
 
-    try:
-        state = torch.load(path / WEIGHTS, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means an unusable file
-        raise BundleError(f"cannot read {WEIGHTS}: {describe_load_error(err)}") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise BundleError(f"{WEIGHTS} does not hold a state dict of tensors")
-    model = create_model(arch, num_classes=n_leaves, weights=None)
-    head = _head_size(state, model)
-    if head != n_leaves:
-        raise BundleError(f"the weights' classifier has {head} outputs but the taxonomy has {n_leaves} leaves")
-    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        detail = " ".join(str(err).split())[:300]
-        raise BundleError(f"{WEIGHTS} does not fit {arch}: {detail}") from None
-    model.eval()
+        model = OnnxModel.from_bundle(path, manifest, n_leaves=n_leaves, threads=threads)
+    else:
+        model = _load_torch_model(path, arch, n_leaves)
 
     cal_p, cal_y = _load_npz(path, CALIBRATION, n_leaves)
     cal_groups = load_calibration_groups(path)
@@ -462,10 +501,12 @@ def load_bundle(path=None, *, verify: bool = True) -> Bundle:
         path=path,
         detector=detector,
         calibration_groups=cal_groups,
+        runtime=runtime,
+        manifest=manifest,
     )
 
 
-def _load_detector(path: Path, manifest: dict, model: nn.Module):
+def _load_detector(path: Path, manifest: dict, model):
     from hedged.hedging.ood import InTaxonomyDetector
 
     try:
@@ -478,7 +519,8 @@ def _load_detector(path: Path, manifest: dict, model: nn.Module):
                 det.set_head(**{k: z[k] for k in _OOD_ARRAY_KEYS if k in z.files})
         except (ValueError, OSError) as err:
             raise BundleError(f"bundle file {OOD_ARRAYS!r} is unreadable: {err}") from None
-    dim = model.get_classifier().in_features
+    # an exported model says its feature width itself (OnnxModel.n_features)
+    dim = getattr(model, "n_features", None) or model.get_classifier().in_features
     needs = {"imagenet": ("imagenet_weight", "imagenet_bias", "imagenet_in"),
              "mahalanobis": ("feature_mean", "feature_precision")}
     for signal, keys in needs.items():
@@ -527,6 +569,33 @@ def save_detector(path, detector, *, info=None) -> Path:
     return path
 
 
+def _load_torch_model(path: Path, arch: str, n_leaves: int):
+    import torch
+
+    from hedged.models.registry import ARCHS, create_model, describe_load_error
+
+    if arch not in ARCHS:
+        raise BundleError(f"{MANIFEST}: unknown architecture {arch!r}; expected one of {list(ARCHS)}")
+    try:
+        state = torch.load(path / WEIGHTS, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means an unusable file
+        raise BundleError(f"cannot read {WEIGHTS}: {describe_load_error(err)}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise BundleError(f"{WEIGHTS} does not hold a state dict of tensors")
+    model = create_model(arch, num_classes=n_leaves, weights=None)
+    head = _head_size(state, model)
+    if head != n_leaves:
+        raise BundleError(f"the weights' classifier has {head} outputs but the taxonomy has {n_leaves} leaves")
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        detail = " ".join(str(err).split())[:300]
+        raise BundleError(f"{WEIGHTS} does not fit {arch}: {detail}") from None
+    model.eval()
+    return model
+
+
 TINY_TAXONOMY = {
     "format": "hedged-taxonomy/1",
     "name": "things",
@@ -552,6 +621,10 @@ def make_tiny_bundle(path, *, n_cal: int = 300, input_size: int = 64, tta_angles
     ``input_size`` px inputs, and ``n_cal`` synthetic calibration (and test) rows
     whose labels are drawn from their posteriors, so they are calibrated by construction.
     """
+    import torch
+
+    from hedged.models.registry import create_model
+
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     taxonomy = Taxonomy.from_dict(TINY_TAXONOMY)

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
@@ -153,7 +152,7 @@ def load_image(
     if isinstance(src, Image.Image):
         _check_pixels(src.size, max_pixels, src)
         return _to_rgb(src, src)
-    if isinstance(src, torch.Tensor):
+    if _is_torch_tensor(src):
         return load_image(_tensor_to_array(src), max_pixels=max_pixels)
     if isinstance(src, np.ndarray):
         _check_array_size(src, max_pixels)
@@ -258,7 +257,14 @@ def _high_depth_to_rgb(im: Image.Image) -> Image.Image:
     return Image.fromarray(a, "L").convert("RGB")
 
 
-def _tensor_to_array(t: torch.Tensor) -> np.ndarray:
+def _is_torch_tensor(obj: Any) -> bool:
+    # By module name, so that loading images never imports torch (the ONNX path runs without it).
+    return type(obj).__module__.startswith("torch") and hasattr(obj, "detach")
+
+
+def _tensor_to_array(t) -> np.ndarray:
+    import torch
+
     t = t.detach().cpu()
     if t.ndim == 3:
         if t.shape[0] not in (1, 3, 4):
@@ -417,23 +423,51 @@ class Preprocess:
         """Load + resize -> ``(input_size, input_size, 3)`` uint8 array (before normalisation)."""
         return np.asarray(self.resize_image(self.load(src)))
 
-    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
-        """uint8 NHWC/HWC pixels -> float32 (x / 255 - mean) / std, same layout."""
+    def normalize(self, pixels):
+        """uint8 NHWC/HWC pixels (torch tensor) -> float32 (x / 255 - mean) / std, same layout."""
+        import torch
+
         scale = torch.tensor([1.0 / (255.0 * s) for s in self.std], dtype=torch.float32)
         shift = torch.tensor([m / s for m, s in zip(self.mean, self.std)], dtype=torch.float32)
         return pixels.to(torch.float32).mul_(scale).sub_(shift)
 
-    def __call__(self, src: Any) -> torch.Tensor:
+    def normalize_array(self, pixels: np.ndarray) -> np.ndarray:
+        """The numpy twin of :meth:`normalize`: the same float32 operations in the same
+        order, so the torch and ONNX paths feed the network identical values."""
+        scale = np.array([1.0 / (255.0 * s) for s in self.std], dtype=np.float32)
+        shift = np.array([m / s for m, s in zip(self.mean, self.std)], dtype=np.float32)
+        out = pixels.astype(np.float32)
+        out *= scale
+        out -= shift
+        return out
+
+    def batch_array(self, images: Iterable[Any] | Sequence[Any]) -> np.ndarray:
+        """Images -> float32 ``(N, 3, S, S)`` numpy batch (C-contiguous), without torch.
+
+        Equal to ``self.batch(images).numpy()``; the ONNX Runtime path uses it.
+        """
+        s = self.input_size
+        arrays = [self.to_uint8(src) for src in images]
+        if not arrays:
+            return np.empty((0, 3, s, s), dtype=np.float32)
+        nhwc = self.normalize_array(np.stack(arrays))
+        return np.ascontiguousarray(nhwc.transpose(0, 3, 1, 2))
+
+    def __call__(self, src: Any):
         """One image -> float32 tensor ``(3, input_size, input_size)``."""
+        import torch
+
         hwc = self.normalize(torch.from_numpy(self.to_uint8(src).copy()))
         return hwc.permute(2, 0, 1)
 
-    def batch(self, images: Iterable[Any] | Sequence[Any]) -> torch.Tensor:
+    def batch(self, images: Iterable[Any] | Sequence[Any]):
         """Images -> float32 batch ``(N, 3, S, S)`` in ``torch.channels_last`` memory format.
 
         The pixels are written straight into an NHWC buffer and viewed as NCHW, so the
         result feeds a channels_last model without a layout copy.
         """
+        import torch
+
         arrays = [self.to_uint8(src) for src in images]
         if not arrays:
             s = self.input_size

@@ -12,13 +12,14 @@ views *angle-major* -- rows ``j*B:(j+1)*B`` are all images rotated by
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Sequence
 
-import math
-
 import numpy as np
-import torch
-from torch.nn.functional import grid_sample
+
+# torch is imported inside the torch functions: the numpy twins (rotate_array,
+# rotate_views_array) serve the ONNX Runtime path, which runs without torch.
 
 
 def check_angles(angles) -> tuple[float, ...]:
@@ -31,7 +32,7 @@ def check_angles(angles) -> tuple[float, ...]:
     return out
 
 
-def rotate(batch: torch.Tensor, angle: float) -> torch.Tensor:
+def rotate(batch, angle: float):
     """Rotate a ``(B, C, H, W)`` batch by ``angle`` degrees counter-clockwise.
 
     Multiples of 90 degrees are exact (``torch.rot90``; square inputs keep their
@@ -42,11 +43,13 @@ def rotate(batch: torch.Tensor, angle: float) -> torch.Tensor:
     if a == 0.0:
         return batch
     if a % 90.0 == 0.0 and batch.shape[-1] == batch.shape[-2]:
+        import torch
+
         return torch.rot90(batch, k=int(a // 90), dims=(-2, -1))
     return _rotate_bilinear(batch, float(angle))
 
 
-def _rotate_bilinear(batch: torch.Tensor, angle: float) -> torch.Tensor:
+def _rotate_bilinear(batch, angle: float):
     """``torchvision.transforms.functional.rotate(batch, angle, BILINEAR, fill=0.0)``, op for op.
 
     Importing any part of torchvision runs its package ``__init__``, which imports
@@ -55,6 +58,9 @@ def _rotate_bilinear(batch: torch.Tensor, angle: float) -> torch.Tensor:
     (tests/test_tta.py checks bit-equality with torchvision), so the calibration
     posteriors computed with torchvision stay exactly valid.
     """
+    import torch
+    from torch.nn.functional import grid_sample
+
     n, _, h, w = batch.shape
     # torchvision's inverse affine matrix for a rotation by -angle about the centre
     rot = math.radians(-angle)
@@ -78,7 +84,7 @@ def _rotate_bilinear(batch: torch.Tensor, angle: float) -> torch.Tensor:
     return out[:, :-1, :, :] * mask + (1.0 - mask) * fill
 
 
-def rotate_views(batch: torch.Tensor, angles) -> torch.Tensor:
+def rotate_views(batch, angles):
     """Stack rotated copies of ``batch``: ``(B, C, H, W)`` -> ``(k*B, C, H, W)``, angle-major.
 
     Parameters
@@ -102,10 +108,74 @@ def rotate_views(batch: torch.Tensor, angles) -> torch.Tensor:
     if batch.ndim != 4:
         raise ValueError(f"batch must be (B, C, H, W), got shape {tuple(batch.shape)}")
     angles = check_angles(angles)
+    import torch
+
     return torch.cat([rotate(batch, a) for a in angles], dim=0)
 
 
-def split_views(view_output: torch.Tensor, k: int) -> torch.Tensor:
+@functools.lru_cache(maxsize=16)
+def _bilinear_taps(angle: float, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Source pixel indices ``(4, h*w)`` and weights ``(4, h*w)`` of a rotation.
+
+    The same sampling as torchvision's tensor ``rotate`` (inverse affine matrix about
+    the centre, ``grid_sample`` bilinear with ``align_corners=False`` and zero padding);
+    taps that fall outside the image get weight 0.
+    """
+    rot = math.radians(-angle)  # torchvision passes -angle to its inverse matrix
+    m = (math.cos(rot), math.sin(rot), -math.sin(rot), math.cos(rot))
+    # Everything in float32 and in torch's order of operations (theta / half-size, then
+    # the grid product; grid_sample's (g + 1) * size/2 - 0.5), so the taps and weights
+    # are those torch computes, not merely close to them.
+    f32 = np.float32
+    t = [f32(v) / f32(0.5 * n) for v, n in zip(m, (w, w, h, h))]
+    xs = np.linspace(-w * 0.5 + 0.5, w * 0.5 - 0.5, w, dtype=np.float32)
+    ys = np.linspace(-h * 0.5 + 0.5, h * 0.5 - 0.5, h, dtype=np.float32)[:, None]
+    gx = xs * t[0] + ys * t[1]
+    gy = xs * t[2] + ys * t[3]
+    ix = ((gx + f32(1)) * f32(w / 2) - f32(0.5)).ravel()
+    iy = ((gy + f32(1)) * f32(h / 2) - f32(0.5)).ravel()
+    x0, y0 = np.floor(ix), np.floor(iy)
+    fx, fy = ix - x0, iy - y0
+    gx_, gy_ = f32(1) - fx, f32(1) - fy
+    idx, wts = [], []
+    for dy, dx, wt in ((0, 0, gx_ * gy_), (0, 1, fx * gy_), (1, 0, gx_ * fy), (1, 1, fx * fy)):
+        xx, yy = x0.astype(np.intp) + dx, y0.astype(np.intp) + dy
+        inside = (xx >= 0) & (xx < w) & (yy >= 0) & (yy < h)
+        idx.append(np.where(inside, yy * w + xx, 0))
+        wts.append(np.where(inside, wt, f32(0)).astype(np.float32))
+    return np.stack(idx), np.stack(wts)
+
+
+def rotate_array(batch: np.ndarray, angle: float) -> np.ndarray:
+    """The numpy twin of :func:`rotate` for a float32 ``(B, C, H, W)`` array.
+
+    Matches torchvision to float rounding (about 1e-6 on normalised pixels),
+    including its fill rule: the sampled image times the sampled coverage mask.
+    """
+    a = float(angle) % 360.0
+    if a == 0.0:
+        return batch
+    b, c, h, w = batch.shape
+    if a % 90.0 == 0.0 and h == w:
+        return np.ascontiguousarray(np.rot90(batch, k=int(a // 90), axes=(-2, -1)))
+    idx, wts = _bilinear_taps(float(angle), h, w)
+    flat = batch.reshape(b, c, h * w)
+    out = np.zeros((b, c, h * w), dtype=np.float32)
+    for k in range(4):
+        out += flat[:, :, idx[k]] * wts[k]
+    out *= wts.sum(axis=0)  # torchvision's fill=0 blend: img * mask + (1 - mask) * 0
+    return out.reshape(b, c, h, w)
+
+
+def rotate_views_array(batch: np.ndarray, angles) -> np.ndarray:
+    """The numpy twin of :func:`rotate_views`: ``(B, C, H, W)`` -> ``(k*B, C, H, W)``, angle-major."""
+    if batch.ndim != 4:
+        raise ValueError(f"batch must be (B, C, H, W), got shape {batch.shape}")
+    angles = check_angles(angles)
+    return np.concatenate([rotate_array(batch, a) for a in angles], axis=0)
+
+
+def split_views(view_output, k: int):
     """Undo ``rotate_views``' stacking: ``(k*B, ...)`` -> ``(B, k, ...)``."""
     b = view_output.shape[0] // k
     return view_output.reshape(k, b, *view_output.shape[1:]).transpose(0, 1)

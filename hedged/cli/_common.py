@@ -148,8 +148,14 @@ def pixel_count(text: str) -> int:
 
 
 def load_classifier(model, **kwargs):
-    """``HedgedClassifier.from_bundle`` with setup problems turned into :class:`UsageError`."""
+    """``HedgedClassifier.from_bundle`` with setup problems turned into :class:`UsageError`.
+
+    ``threads``: ONNX Runtime's threads for an exported bundle; for a torch bundle,
+    ``torch.set_num_threads`` (process-wide, which is fine for a command line).
+    """
     from hedged.classifier import HedgedClassifier
+
+    threads = kwargs.pop("threads", None)
 
     if model is not None and not Path(model).exists():
         raise UsageError(f"model bundle not found: {model}")
@@ -159,7 +165,12 @@ def load_classifier(model, **kwargs):
         if not Path(DEFAULT_BUNDLE).exists():
             raise UsageError(f"the default model bundle is missing ({DEFAULT_BUNDLE}); pass --model DIR")
     try:
-        return HedgedClassifier.from_bundle(model, **kwargs)
+        clf = HedgedClassifier.from_bundle(model, threads=threads, **kwargs)
+        if threads is not None and not hasattr(clf.model, "session"):
+            import torch
+
+            torch.set_num_threads(threads)
+        return clf
     except (ValueError, OSError, KeyError) as err:
         where = model if model is not None else "the default bundle"
         raise UsageError(f"cannot load model bundle {where}: {err}") from None

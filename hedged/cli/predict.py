@@ -103,6 +103,8 @@ def build_parser() -> Parser:
     p.add_argument("--max-pixels", type=pixel_count, default=None, metavar="N",
                    help="refuse images with more pixels than this (default 50000000); "
                         "large JPEGs are decoded at reduced size either way")
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                   help="CPU threads for the network (default: one per core)")
     p.add_argument("--json", action="store_true", help="print JSON Lines (one object per image) instead of text")
     p.add_argument("--no-taxonomy-check", "--no-ood", dest="check_taxonomy", action="store_false",
                    help="do not judge whether photos belong to the taxonomy at all: every photo gets a node")
@@ -206,7 +208,7 @@ def _run(args) -> int:
 
     explain_dir = _explain_dir(args.explain)
     extra = {} if args.max_pixels is None else {"max_pixels": args.max_pixels}
-    clf = load_classifier(args.model, guarantee=args.guarantee, batch_size=args.batch_size, **extra)
+    clf = load_classifier(args.model, guarantee=args.guarantee, batch_size=args.batch_size, threads=args.threads, **extra)
     if explain_dir is not None:
         _check_explainable(clf)
     try:

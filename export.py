@@ -1,0 +1,3 @@
+from hedged.cli.export import main
+
+raise SystemExit(main())

@@ -1,0 +1,425 @@
+"""Export a torch bundle as an ONNX bundle (fp32, or int8 static QDQ per-channel).
+
+The guarantee follows the model: int8 (and, to float rounding, fp32) posteriors
+differ from the torch ones, so the exported bundle's calibration and test
+posteriors are recomputed through the exported file on the source bundle's own
+calibration and test photos (its ``split.json`` ids, found in ``data`` whose CSV
+sha256 must equal the one the bundle was trained on). The manifest records the
+sha256 of the model file the calibration belongs to, and ``load_bundle`` refuses
+a bundle whose model file is another.
+
+The bundle also gets ``decision.json`` (:func:`decision_table`): the hedging
+rule as plain data, so an app without Python can turn the model's output into
+the hedged node in a few lines.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from hedged.models.bundle import (
+    CALIBRATION,
+    DECISION,
+    FORMAT,
+    MANIFEST,
+    ONNX_MODEL,
+    OOD,
+    OOD_ARRAYS,
+    SPLIT,
+    TAXONOMY,
+    TEST,
+    BundleError,
+    _check_probs,
+    _jsonable,
+    _write_calibration,
+    load_bundle,
+)
+from hedged.models.data import sha256_file
+
+DEFAULT_OPSET = 17
+INPUT_NAME, LOGITS_NAME, FEATURES_NAME = "image", "logits", "features"
+#: Accuracy targets tabulated in decision.json (an app picks one; others need the library).
+DECISION_TARGETS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.97, 0.98, 0.99)
+DECISION_FORMAT = "hedged-decision/1"
+
+
+def export_onnx_file(model, path, input_size: int, opset: int = DEFAULT_OPSET) -> Path:
+    """Write ``model`` (torch, eval) as an fp32 ONNX file with a dynamic batch axis and
+    both named outputs of a bundle model (``logits``, ``features``; models.inference.OUTPUTS).
+
+    The input side is fixed at ``input_size``: TF "SAME" padding is computed
+    from it, and the TorchScript tracer bakes the paddings in as constants.
+    """
+    import torch
+
+    from hedged.models.inference import LogitsAndFeatures
+
+    model = model.eval()
+    if hasattr(model, "fuse_batchnorm"):
+        model = copy.deepcopy(model).fuse_batchnorm()
+    model = LogitsAndFeatures(model).eval()
+    dummy = torch.zeros(1, 3, input_size, input_size)
+    with warnings.catch_warnings():
+        # The tracer warns that the padding arithmetic becomes constants: that is the point.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (dummy,),
+            str(path),
+            dynamo=False,  # the torch.export-based exporter needs onnxscript, not a dependency here
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[LOGITS_NAME, FEATURES_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, LOGITS_NAME: {0: "batch"}, FEATURES_NAME: {0: "batch"}},
+            do_constant_folding=True,
+        )
+    return Path(path)
+
+
+class _CalibrationReader:
+    """onnxruntime.quantization CalibrationDataReader over preprocessed train images.
+
+    Image ``i`` is rotated by ``angles[i % k]`` so the activation ranges cover the
+    TTA views (rotations add zero-filled corners) as well as upright photos.
+    """
+
+    def __init__(self, paths, preprocess, angles, batch_size: int = 8):
+        from hedged.models.tta import rotate_array
+
+        self._batches = []
+        for start in range(0, len(paths), batch_size):
+            part = list(paths[start : start + batch_size])
+            x = preprocess.batch_array(part)
+            x = np.concatenate([rotate_array(x[j : j + 1], angles[(start + j) % len(angles)]) for j in range(len(x))])
+            self._batches.append(x)
+        self._it = iter(self._batches)
+
+    def get_next(self):
+        x = next(self._it, None)
+        return None if x is None else {INPUT_NAME: x}
+
+    def rewind(self):
+        self._it = iter(self._batches)
+
+
+def quantize_int8(fp32_path, out_path, reader) -> Path:
+    """Static int8 QDQ quantization, per-channel weights (ONNX Runtime's advice for CNNs).
+
+    Activations are uint8 with MinMax ranges from ``reader``; weights int8
+    per output channel. ``quant_pre_process`` first runs shape inference and
+    graph optimisation so that the quantizer sees fused convolutions.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    out_path = Path(out_path)
+    pre = out_path.with_name(out_path.stem + ".pre.onnx")
+    quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+    quantize_static(
+        str(pre),
+        str(out_path),
+        reader,
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+    )
+    pre.unlink(missing_ok=True)
+    return out_path
+
+
+def _split_paths(bundle, data_path):
+    """Paths and leaf labels of the bundle's calibration, test and train ids in ``data_path``."""
+    from hedged.models.data import DatasetError, load_dataset
+
+    if bundle.split is None or "calibration" not in bundle.split:
+        raise BundleError(f"bundle {bundle.path} has no split.json with calibration ids: export needs them")
+    try:
+        data = load_dataset(data_path)
+    except DatasetError as err:
+        raise BundleError(str(err)) from None
+    expected = bundle.provenance.get("sha256")
+    if expected and data.sha256 != expected:
+        raise BundleError(
+            f"data at {data_path} has sha256 {data.sha256[:12]}... but the bundle was made from "
+            f"{expected[:12]}...: not the same photos, refusing to calibrate on them"
+        )
+    where = {str(i): k for k, i in enumerate(data.ids)}
+    out = {}
+    for name in ("calibration", "test", "train"):
+        ids = bundle.split.get(name)
+        if ids is None:
+            continue
+        missing = [i for i in ids if str(i) not in where]
+        if missing:
+            raise BundleError(f"{len(missing)} {name} id(s) of the bundle are not in {data_path} (first: {missing[0]!r})")
+        idx = np.array([where[str(i)] for i in ids], dtype=np.int64)
+        labels = bundle.taxonomy.resolve_labels(data.labels[idx])
+        out[name] = (data.paths[idx], labels)
+    for name, ref in (("calibration", bundle.calibration_labels), ("test", bundle.test_labels)):
+        if name in out and ref is not None and not np.array_equal(out[name][1], ref):
+            raise BundleError(f"the {name} labels in {data_path} differ from the bundle's: not the same data")
+    return out, data.sha256
+
+
+def decision_table(clf, targets=DECISION_TARGETS, guarantees=None) -> dict:
+    """The hedging rule as plain JSON data (see docs/export.md for the decision in a few lines).
+
+    Parameters
+    ----------
+    clf : HedgedClassifier
+        Calibrated (``fit`` or ``from_bundle``).
+    targets : sequence of float
+        Accuracy targets to tabulate lambda for.
+    guarantees : sequence of str, optional
+        Default: every guarantee the calibration supports ("pac-group" needs
+        calibration groups).
+
+    Returns
+    -------
+    dict
+        ``leaves`` (model output order), ``nodes`` (name, display name, leaf
+        indices, reward in bits, the node reported in its place), and
+        ``lambda[guarantee][target]`` (``null`` = infinity: answer the root).
+    """
+    from hedged.classifier import GUARANTEES
+
+    if guarantees is None:
+        has_groups = getattr(clf, "calibration_groups_", None) is not None
+        guarantees = tuple(g for g in GUARANTEES if g != "pac-group" or has_groups)
+    tax = clf.taxonomy
+    leaf_pos = {leaf: j for j, leaf in enumerate(tax.leaves)}
+    rule0 = clf.rule(guarantees[0])
+    rewards = np.asarray(rule0.rewards_, dtype=np.float64)
+    from hedged.hedging._base import most_specific
+
+    specific = most_specific(tax)
+    nodes = []
+    for i, name in enumerate(tax.nodes):
+        nodes.append({
+            "name": name,
+            "display_name": tax.display_name(name),
+            "leaves": sorted(leaf_pos[v] for v in tax.leaves_under(name)),
+            "reward": float(rewards[i]),
+            "report_as": int(specific[i]),
+        })
+    lambdas = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # targets the calibration cannot certify give inf: recorded as null
+        for g in guarantees:
+            rule = clf.rule(g)
+            lambdas[g] = {f"{t:g}": (None if not math.isfinite(lam := float(rule.lambda_for(t))) else lam)
+                          for t in targets}
+    return {
+        "format": DECISION_FORMAT,
+        "leaves": list(tax.leaves),
+        "root": int(tax.node_index(tax.root)),
+        "nodes": nodes,
+        "delta": float(clf.delta),
+        "n_calibration": int(len(clf.calibration_labels_)),
+        "lambda": lambdas,
+        "tie_rtol": 1e-10,
+        "rule": (
+            "p = mean over the TTA views of softmax(logits / temperature); p_v = sum of p over "
+            "nodes[v].leaves; answer v* = argmax_v (reward_v + lambda) * p_v, scores within a relative "
+            "tie_rtol of the best going to the higher p_v, then the lower index; lambda null = the root; "
+            "report nodes[v*].report_as"
+        ),
+    }
+
+
+def _metrics(probs, labels, ref_probs, clf, targets=(0.95,)):
+    from hedged.models.calibration import expected_calibration_error
+
+    p = np.asarray(probs, dtype=np.float64)
+    y = np.asarray(labels)
+    top1 = p.argmax(1)
+    out = {
+        "accuracy": float((top1 == y).mean()),
+        "nll": float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None)).mean()),
+        "ece": float(expected_calibration_error(p, y)),
+    }
+    if ref_probs is not None:
+        r = np.asarray(ref_probs, dtype=np.float64)
+        out["source_accuracy"] = float((r.argmax(1) == y).mean())
+        out["top1_agreement_with_source"] = float((r.argmax(1) == top1).mean())
+        out["max_abs_prob_diff_vs_source"] = float(np.abs(r - p).max())
+    hedged = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for g in ("pac", "pac-group", "expected"):
+            if g == "pac-group" and getattr(clf, "calibration_groups_", None) is None:
+                continue
+            for t in targets:
+                preds = clf.predict_from_probs(p, accuracy=t, guarantee=g)
+                names = [clf.taxonomy.leaves[j] for j in y]
+                correct = [name in pr.node.leaves for name, pr in zip(names, preds)]
+                hedged[f"{g}@{t:g}"] = {
+                    "accuracy": float(np.mean(correct)),
+                    "mean_info_gain": float(np.mean([pr.info_gain for pr in preds])),
+                }
+    out["hedged"] = hedged
+    return out
+
+
+def export_bundle(
+    source,
+    out,
+    *,
+    data,
+    int8: bool = False,
+    opset: int = DEFAULT_OPSET,
+    n_quant_images: int = 128,
+    threads: int | None = None,
+    batch_size: int = 8,
+    log=print,
+) -> Path:
+    """Export the torch bundle ``source`` to an ONNX bundle in ``out``.
+
+    Parameters
+    ----------
+    source : str or Path
+        A torch bundle (``weights.pt``) with ``split.json`` and provenance sha256.
+    out : str or Path
+        Target directory (created; its bundle files are replaced).
+    data : str or Path
+        The data set the bundle was trained on (its CSV sha256 must match).
+    int8 : bool
+        Static int8 QDQ per-channel quantization, calibrated on ``n_quant_images``
+        train-split photos (spread evenly over the split).
+    opset : int
+        ONNX opset of the export.
+    threads : int or None
+        ONNX Runtime threads for recomputing the posteriors.
+
+    Returns
+    -------
+    Path
+        ``out``.
+    """
+    from hedged.classifier import HedgedClassifier
+    from hedged.models.onnx_model import OnnxModel
+
+    source = Path(source)
+    bundle = load_bundle(source)
+    if bundle.runtime != "torch":
+        raise BundleError(f"{source} is already an exported ({bundle.runtime}) bundle; export from the torch bundle")
+    splits, data_sha = _split_paths(bundle, data)
+    if int8 and "train" not in splits:
+        raise BundleError("int8 export needs the bundle's train ids (split.json) for quantization calibration")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in (ONNX_MODEL, MANIFEST, CALIBRATION, TEST, DECISION, SPLIT, TAXONOMY, OOD, OOD_ARRAYS):
+        (out / stale).unlink(missing_ok=True)
+    size = bundle.preprocess.input_size
+
+    with tempfile.TemporaryDirectory(prefix="hedged-export-") as tmp:
+        fp32 = export_onnx_file(bundle.model, Path(tmp) / "fp32.onnx", size, opset)
+        if int8:
+            train_paths = splits["train"][0]
+            pick = np.linspace(0, len(train_paths) - 1, min(n_quant_images, len(train_paths))).round().astype(int)
+            log(f"quantizing to int8 with {len(pick)} train images")
+            reader = _CalibrationReader(train_paths[pick], bundle.preprocess, bundle.tta_angles, batch_size)
+            quantize_int8(fp32, out / ONNX_MODEL, reader)
+        else:
+            shutil.copyfile(fp32, out / ONNX_MODEL)
+
+    onnx_spec = {
+        "file": ONNX_MODEL,
+        "opset": opset,
+        "input": INPUT_NAME,
+        "input_shape": ["batch", 3, size, size],
+        "layout": "NCHW float32, normalised as preprocess says",
+        "outputs": [LOGITS_NAME, FEATURES_NAME],
+        "logits": LOGITS_NAME,
+        "precision": "int8-qdq-per-channel" if int8 else "float32",
+    }
+    model = OnnxModel.from_bundle(out, {"onnx": onnx_spec, "preprocess": bundle.preprocess.to_dict()},
+                                  n_leaves=bundle.taxonomy.n_leaves, threads=threads)
+    probs = {}
+    for name in ("calibration", "test"):
+        if name not in splits:
+            continue
+        paths, labels = splits[name]
+        log(f"posteriors of the {name} split through {ONNX_MODEL} ({len(paths)} images x {len(bundle.tta_angles)} views)")
+        probs[name] = model.predict_probs(paths, bundle.preprocess, bundle.tta_angles, bundle.temperature, batch_size)
+    # Round to the float32 the bundle stores before anything is fitted on them, so that
+    # decision.json and the metrics are those of the calibration a loaded bundle has.
+    probs = {k: v.astype(np.float32).astype(np.float64) for k, v in probs.items()}
+    cal_p, cal_y = _check_probs(probs["calibration"], splits["calibration"][1], bundle.taxonomy.n_leaves, "calibration")
+
+    # Contributor ids of the calibration photos (pac-group) belong to the photos, not the model.
+    groups = bundle.calibration_groups
+    clf = HedgedClassifier(bundle.taxonomy).fit(cal_p, cal_y, groups)
+    metrics = {}
+    if "test" in probs:
+        metrics["test"] = _metrics(probs["test"], splits["test"][1], bundle.test_probs, clf)
+
+    bundle.taxonomy.to_yaml(out / TAXONOMY)
+    _write_calibration(out, cal_p, cal_y, groups)
+    files = [ONNX_MODEL, TAXONOMY, CALIBRATION]
+    if "test" in probs:
+        t_p, t_y = _check_probs(probs["test"], splits["test"][1], bundle.taxonomy.n_leaves, "test")
+        np.savez_compressed(out / TEST, probs=t_p.astype(np.float32), labels=t_y)
+        files.append(TEST)
+    shutil.copyfile(source / SPLIT, out / SPLIT)
+    files.append(SPLIT)
+    (out / DECISION).write_text(json.dumps(decision_table(clf), indent=1) + "\n")
+    files.append(DECISION)
+    src_manifest = json.loads((source / MANIFEST).read_text())
+    # The out-of-taxonomy detector reads the same named outputs, which the export keeps.
+    # It was fitted on the source model's outputs (see docs/export.md).
+    for name in (OOD, OOD_ARRAYS):
+        if name in src_manifest["files"]:
+            shutil.copyfile(source / name, out / name)
+            files.append(name)
+
+    import onnxruntime
+    import torch
+
+    from hedged.models.inference import OUTPUTS
+
+    model_sha = sha256_file(out / ONNX_MODEL)
+    manifest = {
+        "format": FORMAT,
+        "runtime": "onnx",
+        "arch": bundle.arch,
+        "num_classes": bundle.taxonomy.n_leaves,
+        "leaves": list(bundle.taxonomy.leaves),
+        "preprocess": bundle.preprocess.to_dict(),
+        "tta_angles": list(bundle.tta_angles),
+        "temperature": bundle.temperature,
+        "onnx": onnx_spec,
+        "outputs": dict(OUTPUTS),
+        "files": {name: sha256_file(out / name) for name in files},
+        "calibrated_model": model_sha,
+        "metrics": _jsonable(metrics),
+        "provenance": _jsonable({
+            **bundle.provenance,
+            "exported_from": {
+                "bundle": str(source),
+                "weights_sha256": src_manifest["files"].get("weights.pt"),
+                "manifest_sha256": sha256_file(source / MANIFEST),
+                "test_metrics": bundle.metrics.get("test"),
+            },
+            "calibration_data_sha256": data_sha,
+            "quantization": (
+                {"method": "static QDQ, per-channel int8 weights, uint8 activations, MinMax",
+                 "calibration_images": int(min(n_quant_images, len(splits["train"][0]))), "split": "train"}
+                if int8 else None
+            ),
+        }),
+        "versions": {"onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
+                     **{k: v for k, v in bundle.manifest.get("versions", {}).items() if k not in ("torch",)}},
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return out

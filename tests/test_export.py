@@ -1,0 +1,316 @@
+"""Export to ONNX (fp32 / int8), the torch-free ONNX Runtime path, and decision.json."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hedged import HedgedClassifier
+from hedged.models.bundle import TINY_TAXONOMY, BundleError, load_bundle, save_bundle
+from hedged.models.data import sha256_file
+from hedged.models.preprocess import Preprocess
+from hedged.taxonomy import Taxonomy
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = sorted((REPO / "tests" / "fixtures").glob("*.jpg")) + sorted((REPO / "examples").glob("*.jpg"))
+LABELS = ("Cat", "Dog", "Car")
+N_PER_SPLIT = 9
+
+
+def _make_data(root: Path) -> Path:
+    """A tiny CSV data set: 27 coloured-noise photos, 3 labels, one sender each."""
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    rows = []
+    for i in range(3 * N_PER_SPLIT):
+        label = LABELS[i % 3]
+        base = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200]][i % 3])
+        pixels = np.clip(base + rng.normal(0, 40, size=(48 + i, 56, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(root / "images" / f"im{i}.jpg", quality=90)
+        rows.append({"image": f"im{i}", "label": label, "sender_id": f"s{i}"})
+    with open(root / "images.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["image", "label", "sender_id"])
+        w.writeheader()
+        w.writerows(rows)
+    return root
+
+
+def _make_torch_bundle(path: Path, data: Path) -> Path:
+    """A small torch bundle whose split ids, labels and data hash are those of ``data``."""
+    import torch
+
+    from hedged.models.inference import predict_probs
+    from hedged.models.registry import create_model
+
+    torch.manual_seed(0)
+    taxonomy = Taxonomy.from_dict(TINY_TAXONOMY)
+    # ImageNet features (shipped in a pip package) make the posteriors differ from photo to
+    # photo; a fresh network's pooled features are ~0 and would give every photo the same row.
+    model = create_model("efficientnet_lite0", num_classes=3, weights="imagenet").eval()
+    with torch.no_grad():
+        model.get_classifier().weight.mul_(5.0)
+    pre = Preprocess(64, "center_crop", mean=(0.5,) * 3, std=(0.5,) * 3, crop_pct=1.0, interpolation="bicubic")
+    angles = (0.0, -15.0, 15.0)
+    ids = [f"im{i}" for i in range(3 * N_PER_SPLIT)]
+    split = {"train": ids[:N_PER_SPLIT], "calibration": ids[N_PER_SPLIT:2 * N_PER_SPLIT], "test": ids[2 * N_PER_SPLIT:]}
+    probs, labels = {}, {}
+    for name, part in split.items():
+        probs[name] = predict_probs(model, [data / "images" / f"{i}.jpg" for i in part], pre, angles, 0.9)
+        labels[name] = taxonomy.resolve_labels(np.array([LABELS[int(i[2:]) % 3] for i in part]))
+    return save_bundle(
+        path, model=model, arch="efficientnet_lite0", taxonomy=taxonomy, preprocess=pre, tta_angles=angles,
+        temperature=0.9, calibration_probs=probs["calibration"], calibration_labels=labels["calibration"],
+        test_probs=probs["test"], test_labels=labels["test"], split=split,
+        provenance={"sha256": sha256_file(data / "images.csv")}, half=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from hedged.models.export import export_bundle
+
+    root = tmp_path_factory.mktemp("export")
+    data = _make_data(root / "data")
+    src = _make_torch_bundle(root / "torch", data)
+    quiet = lambda msg: None  # noqa: E731
+    fp32 = export_bundle(src, root / "fp32", data=data, threads=1, log=quiet)
+    int8 = export_bundle(src, root / "int8", data=data, int8=True, threads=1, log=quiet)
+    return {"root": root, "data": data, "src": src, "fp32": fp32, "int8": int8}
+
+
+def _copy(bundle: Path, tmp_path: Path) -> Path:
+    out = tmp_path / bundle.name
+    shutil.copytree(bundle, out)
+    return out
+
+
+def _rewrite_manifest(path: Path, edit) -> None:
+    m = json.loads((path / "bundle.json").read_text())
+    edit(m)
+    (path / "bundle.json").write_text(json.dumps(m))
+
+
+def _rehash(path: Path) -> None:
+    _rewrite_manifest(path, lambda m: m["files"].update({n: sha256_file(path / n) for n in m["files"]}))
+
+
+# --------------------------------------------------------------------------- numpy twins
+
+
+@pytest.mark.parametrize("angle", [15.0, -15.0, 33.3, 90.0, 180.0])
+def test_numpy_rotation_matches_torchvision(angle):
+    import torch
+
+    from hedged.models.tta import rotate, rotate_array
+
+    x = np.random.default_rng(1).normal(size=(2, 3, 40, 40)).astype(np.float32)
+    expected = rotate(torch.from_numpy(x), angle).numpy()
+    got = rotate_array(x, angle)
+    assert got.shape == expected.shape
+    # same taps and float32 weights: differences are float rounding only
+    assert np.abs(got - expected).max() < 1e-4
+    corner = np.abs(got[:, :, 0, 0]) if angle % 90 else None
+    if corner is not None:  # rotated corners are filled with 0, the normalised mean colour
+        assert corner.max() == 0.0
+
+
+def test_numpy_batch_matches_torch_batch():
+    pre = Preprocess(72, "center_crop", crop_pct=0.9, interpolation="bicubic")
+    assert np.array_equal(pre.batch_array(FIXTURES[:3]), pre.batch(FIXTURES[:3]).numpy())
+    assert pre.batch_array([]).shape == (0, 3, 72, 72)
+
+
+# --------------------------------------------------------------------------- exported bundles
+
+
+def test_fp32_export_reproduces_the_torch_posteriors(setup):
+    src, fp32 = load_bundle(setup["src"]), load_bundle(setup["fp32"])
+    assert fp32.runtime == "onnx" and src.runtime == "torch"
+    assert np.abs(fp32.calibration_probs - src.calibration_probs).max() <= 1e-4
+    assert np.abs(fp32.test_probs - src.test_probs).max() <= 1e-4
+    assert np.array_equal(fp32.calibration_labels, src.calibration_labels)
+    a, b = HedgedClassifier.from_bundle(setup["src"]), HedgedClassifier.from_bundle(setup["fp32"], threads=1)
+    pa, pb = a.predict_proba(FIXTURES), b.predict_proba(FIXTURES)
+    assert np.abs(pa - pb).max() <= 1e-4
+    for acc in (0.5, 0.8, 0.95):
+        assert [p.node.name for p in a.predict(FIXTURES, acc)] == [p.node.name for p in b.predict(FIXTURES, acc)]
+
+
+def test_int8_export_is_quantized_and_calibrated_through_its_own_file(setup):
+    int8 = load_bundle(setup["int8"], threads=1)
+    raw = (setup["int8"] / "model.onnx").read_bytes()
+    assert b"QuantizeLinear" in raw and b"DequantizeLinear" in raw
+    assert int8.manifest["onnx"]["precision"] == "int8-qdq-per-channel"
+    assert int8.manifest["calibrated_model"] == sha256_file(setup["int8"] / "model.onnx")
+    # the stored calibration posteriors are those of this int8 file on the calibration photos
+    paths = [setup["data"] / "images" / f"{i}.jpg" for i in int8.split["calibration"]]
+    again = int8.model.predict_probs(paths, int8.preprocess, int8.tta_angles, int8.temperature)
+    assert np.abs(again - int8.calibration_probs).max() < 1e-6
+    src = load_bundle(setup["src"])
+    assert np.abs(int8.calibration_probs - src.calibration_probs).max() > 1e-6  # int8 is not fp32
+    test = int8.manifest["metrics"]["test"]
+    assert 0.0 <= test["top1_agreement_with_source"] <= 1.0 and "pac@0.95" in test["hedged"]
+
+
+def test_export_refuses_data_with_another_hash(setup, tmp_path):
+    from hedged.models.export import export_bundle
+
+    data = tmp_path / "data"
+    shutil.copytree(setup["data"], data)
+    with open(data / "images.csv", "a") as f:
+        f.write("im0,Cat,s99\n")
+    with pytest.raises(BundleError, match="sha256.*not the same photos"):
+        export_bundle(setup["src"], tmp_path / "out", data=data, log=lambda m: None)
+
+
+def test_export_cli_reports_a_missing_bundle_in_one_line(tmp_path, capsys):
+    from hedged.cli.export import main
+
+    assert main(["--model", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: model bundle not found") and "\n" not in err
+
+
+def test_loading_refuses_a_model_file_the_calibration_does_not_belong_to(setup, tmp_path):
+    b = _copy(setup["int8"], tmp_path)
+    shutil.copyfile(setup["fp32"] / "model.onnx", b / "model.onnx")
+    _rehash(b)  # even with consistent file hashes, the calibration is the int8 model's
+    with pytest.raises(BundleError, match="calibration belongs to model sha256"):
+        load_bundle(b)
+
+
+def test_loading_refuses_an_onnx_file_that_does_not_match_the_manifest(setup, tmp_path):
+    b = _copy(setup["fp32"], tmp_path)
+    _rewrite_manifest(b, lambda m: m["onnx"].update(input="pixels"))
+    with pytest.raises(BundleError, match=r"has input\(s\) \['image'\], the manifest says \['pixels'\]"):
+        load_bundle(b)
+    b2 = _copy(setup["fp32"], tmp_path / "2")
+    _rewrite_manifest(b2, lambda m: m["preprocess"].update(input_size=96))
+    with pytest.raises(BundleError, match=r"input shape .* gives \[batch, 3, 96, 96\]"):
+        load_bundle(b2)
+    b3 = _copy(setup["fp32"], tmp_path / "3")
+    _rewrite_manifest(b3, lambda m: m["onnx"].update(outputs=["logits", "features"]))
+    with pytest.raises(BundleError, match="the manifest names"):
+        load_bundle(b3)
+
+
+def test_loading_refuses_a_wrong_opset(setup, tmp_path):
+    import onnx
+
+    b = _copy(setup["fp32"], tmp_path)
+    _rewrite_manifest(b, lambda m: m["onnx"].update(opset=16))
+    with pytest.raises(BundleError, match="uses opset 17 but bundle.json says 16"):
+        load_bundle(b)
+    _rewrite_manifest(b, lambda m: m["onnx"].update(opset=99))
+    with pytest.raises(BundleError, match="opset 99 is not supported"):
+        load_bundle(b)
+    # a file whose opset ONNX Runtime cannot run: one line from the loader, not a traceback
+    proto = onnx.load(str(b / "model.onnx"))
+    proto.opset_import[0].version = 23
+    onnx.save(proto, str(b / "model.onnx"))
+    _rewrite_manifest(b, lambda m: m["onnx"].update(opset=23))
+    _rehash(b)
+    _rewrite_manifest(b, lambda m: m.update(calibrated_model=m["files"]["model.onnx"]))
+    try:
+        load_bundle(b)
+    except BundleError as err:
+        assert "\n" not in str(err) and "model.onnx" in str(err)
+
+
+def test_missing_onnxruntime_is_one_line_naming_the_package(setup):
+    code = (
+        "import sys; sys.modules['onnxruntime'] = None\n"
+        "from hedged.models.bundle import load_bundle, BundleError\n"
+        f"try:\n    load_bundle({str(setup['fp32'])!r})\n"
+        "except BundleError as e:\n    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert "pip install onnxruntime" in out.stdout and out.stdout.count("\n") == 1, out.stderr
+
+
+def test_onnx_path_never_imports_torch(setup):
+    code = (
+        "import sys, json, io, contextlib\n"
+        "from hedged import HedgedClassifier\n"
+        f"clf = HedgedClassifier.from_bundle({str(setup['int8'])!r}, threads=1)\n"
+        f"preds = clf.predict({[str(p) for p in FIXTURES[:2]]!r}, 0.9)\n"
+        "assert len(preds) == 2 and all(p.error is None for p in preds)\n"
+        "from hedged.cli.predict import main\n"
+        "buf = io.StringIO()\n"
+        "with contextlib.redirect_stdout(buf):\n"
+        f"    rc = main(['--model', {str(setup['int8'])!r}, '--json', {str(FIXTURES[0])!r}])\n"
+        "assert rc == 0 and json.loads(buf.getvalue())['node']\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "assert 'torchvision' not in sys.modules\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_sessions_are_shared_per_process(setup):
+    a = load_bundle(setup["fp32"], threads=1).model
+    b = load_bundle(setup["fp32"], threads=1).model
+    assert a.session is b.session
+
+
+# --------------------------------------------------------------------------- decision.json
+
+
+def _decide_from_file(table: dict, probs: np.ndarray, target: float, guarantee: str) -> list[str]:
+    """The hedged node from decision.json alone, as an app would write it (plain numpy)."""
+    lam = table["lambda"][guarantee][f"{target:g}"]
+    nodes = table["nodes"]
+    node_p = np.zeros((len(probs), len(nodes)))
+    for v, node in enumerate(nodes):
+        for j in node["leaves"]:  # in leaf order, as the library sums: ties at a breakpoint stay ties
+            node_p[:, v] += probs[:, j]
+    if lam is None:
+        best = np.full(len(probs), table["root"])
+    else:
+        rewards = np.array([n["reward"] for n in nodes])
+        scores = node_p * (rewards + lam)
+        top = scores.max(axis=1, keepdims=True)
+        near = scores >= top - table["tie_rtol"] * np.abs(top)
+        best = np.where(near, node_p, -1.0).argmax(axis=1)
+    return [nodes[nodes[v]["report_as"]]["name"] for v in best]
+
+
+def test_decision_file_alone_gives_the_library_nodes(setup):
+    table = json.loads((setup["int8"] / "decision.json").read_text())
+    clf = HedgedClassifier.from_bundle(setup["int8"], threads=1)
+    assert table["leaves"] == list(clf.taxonomy.leaves)
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(300, 3)) * rng.uniform(0.1, 6, size=(300, 1))
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    probs = np.vstack([probs, clf.calibration_probs_, np.full((1, 3), 1 / 3)])
+    for guarantee in ("pac", "expected"):
+        for key in table["lambda"][guarantee]:
+            target = float(key)
+            lib = [p.node.name for p in clf.predict_from_probs(probs, target, guarantee)]
+            assert _decide_from_file(table, probs, target, guarantee) == lib, (guarantee, target)
+
+
+def test_decision_table_on_a_hand_made_taxonomy():
+    from hedged.models.export import decision_table
+
+    tax = Taxonomy.from_edges([("animal", "cat"), ("animal", "dog"), ("root", "animal"), ("root", "car")])
+    p = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]] * 20)
+    clf = HedgedClassifier(tax).fit(p, [0, 1, 2] * 20)
+    table = decision_table(clf, targets=(0.9,))
+    names = [n["name"] for n in table["nodes"]]
+    leaves = table["leaves"]
+    animal = table["nodes"][names.index("animal")]
+    assert sorted(leaves[j] for j in animal["leaves"]) == ["cat", "dog"]
+    assert table["nodes"][table["root"]]["name"] == "root"
+    assert animal["reward"] == pytest.approx(np.log2(3) - 1)  # uniform prior: log2(3 / 2) bits
+    assert _decide_from_file(table, p[:3], 0.9, "expected") == [
+        x.node.name for x in clf.predict_from_probs(p[:3], 0.9, "expected")
+    ]
