@@ -38,10 +38,23 @@ def _rewrite_manifest(path, **changes):
     return m
 
 
-def _rehash(path):
+def _rehash(path, recalibrated: bool = True):
+    """Update the manifest's hashes after an edit; ``recalibrated``: also claim the
+    calibration belongs to the edited weights (else load refuses before anything else)."""
     m = json.loads((path / MANIFEST).read_text())
     m["files"] = {name: sha256_file(path / name) for name in m["files"]}
+    if recalibrated:
+        m["calibrated_model"] = m["files"][WEIGHTS]
     (path / MANIFEST).write_text(json.dumps(m))
+
+
+def test_refuses_weights_the_calibration_does_not_belong_to(copy):
+    state = torch.load(copy / WEIGHTS, weights_only=True)
+    state["_fc.bias"] = state["_fc.bias"] + 1.0
+    torch.save(state, copy / WEIGHTS)
+    _rehash(copy, recalibrated=False)
+    with pytest.raises(BundleError, match="calibration belongs to model sha256"):
+        load_bundle(copy)
 
 
 def test_round_trip(tiny, tmp_path):
