@@ -16,6 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("hedged.cli.predict", "hedged answers for image files, directories and globs"),
     "evaluate": ("hedged.cli.evaluate", "evaluation report (report.md, metrics.json, figures)"),
     "train": ("hedged.cli.train", "fine-tune a backbone on labelled photos and write a model bundle"),
+    "export": ("hedged.cli.export", "export a bundle to ONNX (fp32 or int8) for torch-free and phone inference"),
 }
 
 EXAMPLES = """\

@@ -30,7 +30,7 @@ differs from the one the bundle was trained on, ...).
 
 
 def build_parser() -> Parser:
-    p = Parser(prog="export.py", description=DESCRIPTION, epilog=EPILOG,
+    p = Parser(prog="hedged export", description=DESCRIPTION, epilog=EPILOG,
                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", metavar="DIR", default=None,
                    help="torch bundle to export (default: models/bundles/clothing)")
