@@ -197,7 +197,7 @@ def test_loading_refuses_an_onnx_file_that_does_not_match_the_manifest(setup, tm
     with pytest.raises(BundleError, match=r"input shape .* gives \[batch, 3, 96, 96\]"):
         load_bundle(b2)
     b3 = _copy(setup["fp32"], tmp_path / "3")
-    _rewrite_manifest(b3, lambda m: m["onnx"].update(outputs=["logits", "features"]))
+    _rewrite_manifest(b3, lambda m: m["onnx"].update(outputs=["logits", "features", "embedding"]))
     with pytest.raises(BundleError, match="the manifest names"):
         load_bundle(b3)
 
@@ -314,3 +314,56 @@ def test_decision_table_on_a_hand_made_taxonomy():
     assert _decide_from_file(table, p[:3], 0.9, "expected") == [
         x.node.name for x in clf.predict_from_probs(p[:3], 0.9, "expected")
     ]
+
+
+# --------------------------------------------------------------------------- the shipped model
+
+
+@pytest.mark.slow
+def test_fp32_onnx_of_the_shipped_model_matches_torch(tmp_path):
+    from hedged.models.bundle import DEFAULT_TORCH_BUNDLE
+    from hedged.models.export import export_onnx_file
+    from hedged.models.inference import predict_logits
+    from hedged.models.onnx_model import OnnxModel
+
+    clf = HedgedClassifier.from_bundle(DEFAULT_TORCH_BUNDLE)
+    b = clf.bundle_
+    size = b.preprocess.input_size
+    export_onnx_file(b.model, tmp_path / "m.onnx", size)
+    onnx = OnnxModel(tmp_path / "m.onnx", input_name="image", output_names=["logits", "features"],
+                     logits_name="logits", input_size=size, n_leaves=b.taxonomy.n_leaves, threads=1)
+    z_t, f_t = predict_logits(clf.model, FIXTURES, b.preprocess, b.tta_angles, return_features=True)
+    z_o, f_o = onnx.predict_logits(FIXTURES, b.preprocess, b.tta_angles, return_features=True)
+    p_t = clf.predict_proba(FIXTURES)
+    p_o = onnx.predict_probs(FIXTURES, b.preprocess, b.tta_angles, b.temperature)
+    assert np.abs(p_o - p_t).max() <= 1e-4
+    assert np.abs(f_o - f_t).max() <= 1e-3 * max(1.0, np.abs(f_t).max())
+    assert z_o.shape == z_t.shape
+    for acc in (0.8, 0.9, 0.95):
+        for g in ("pac", "expected"):
+            assert [p.node.name for p in clf.predict_from_probs(p_o, acc, g)] == [
+                p.node.name for p in clf.predict_from_probs(p_t, acc, g)
+            ]
+
+
+SHIPPED_ONNX = sorted(
+    p.parent for p in (REPO / "models" / "bundles").glob("*/bundle.json")
+    if json.loads(p.read_text()).get("runtime") == "onnx"
+)
+
+
+@pytest.mark.parametrize("path", SHIPPED_ONNX, ids=[p.name for p in SHIPPED_ONNX])
+def test_shipped_onnx_bundles_meet_the_parity_goals(path):
+    """Goals of issue 13, recomputed from the bundle's own test posteriors (no CNN)."""
+    b = load_bundle(path, threads=1)
+    src = load_bundle(REPO / "models" / "bundles" / "clothing")
+    assert np.array_equal(b.test_labels, src.test_labels)
+    top1, ref = b.test_probs.argmax(1), src.test_probs.argmax(1)
+    assert (top1 == ref).mean() >= 0.97  # agreement with torch
+    assert (ref == src.test_labels).mean() - (top1 == b.test_labels).mean() <= 0.01  # flat top-1 drop
+    clf = HedgedClassifier.from_bundle(path, threads=1)
+    preds = clf.predict_from_probs(b.test_probs, 0.95, "pac")
+    truth = [b.taxonomy.leaves[j] for j in b.test_labels]
+    assert np.mean([t in p.node.leaves for t, p in zip(truth, preds)]) >= 0.95
+    m = b.manifest["metrics"]["test"]
+    assert m["top1_agreement_with_source"] == pytest.approx((top1 == ref).mean(), abs=1e-9)
