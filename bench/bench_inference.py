@@ -185,23 +185,35 @@ def main(argv=None) -> int:
     return 0
 
 
-def _first_answer(bundle: str, image: Path, threads: int) -> tuple[float, float]:
-    """Wall seconds from process start to predict.py's answer, and that process's peak RSS (MiB)."""
-    import subprocess
-    import tempfile
+_HWM = (
+    "import atexit, runpy, sys\n"
+    "def _hwm():\n"
+    "    for line in open('/proc/self/status'):\n"
+    "        if line.startswith('VmHWM'):\n"
+    "            sys.stderr.write('VmHWM_KB ' + line.split()[1] + '\\n')\n"
+    "atexit.register(_hwm)\n"
+    "sys.argv = sys.argv[1:]\n"
+    "runpy.run_path(sys.argv[0], run_name='__main__')\n"
+)
 
-    cmd = [sys.executable, str(REPO / "predict.py"), "--model", bundle, "--json", "--threads", str(threads), str(image)]
-    with tempfile.TemporaryFile() as err:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, cwd=REPO,
-                                env=dict(os.environ, PYTHONPATH=str(REPO)))
-        _, status, usage = os.wait4(proc.pid, 0)  # wait4: this child's own peak RSS
-        seconds = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode:
-            err.seek(0)
-            raise SystemExit(f"error: predict.py failed for {bundle}: {err.read().decode().strip()[-300:]}")
-    return seconds, usage.ru_maxrss / 1024
+
+def _first_answer(bundle: str, image: Path, threads: int) -> tuple[float, float]:
+    """Wall seconds from process start to predict.py's answer, and that process's peak RSS (MiB).
+
+    The peak is the child's own VmHWM (read at its exit): the rusage of a child forked
+    from this torch-laden process would count the parent's pages from before exec.
+    """
+    import subprocess
+
+    cmd = [sys.executable, "-c", _HWM, str(REPO / "predict.py"), "--model", bundle, "--json",
+           "--threads", str(threads), str(image)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    seconds = time.perf_counter() - t0
+    if proc.returncode:
+        raise SystemExit(f"error: predict.py failed for {bundle}: {proc.stderr.strip()[-300:]}")
+    kb = [int(line.split()[1]) for line in proc.stderr.splitlines() if line.startswith("VmHWM_KB ")]
+    return seconds, (kb[-1] / 1024 if kb else float("nan"))
 
 
 def compare_backends(args, argv) -> int:

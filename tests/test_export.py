@@ -70,6 +70,7 @@ def _make_torch_bundle(path: Path, data: Path) -> Path:
         temperature=0.9, calibration_probs=probs["calibration"], calibration_labels=labels["calibration"],
         test_probs=probs["test"], test_labels=labels["test"], split=split,
         provenance={"sha256": sha256_file(data / "images.csv")}, half=False,
+        calibration_groups=[f"s{i[2:]}" for i in split["calibration"]],
     )
 
 
@@ -137,6 +138,7 @@ def test_fp32_export_reproduces_the_torch_posteriors(setup):
     assert np.abs(fp32.calibration_probs - src.calibration_probs).max() <= 1e-4
     assert np.abs(fp32.test_probs - src.test_probs).max() <= 1e-4
     assert np.array_equal(fp32.calibration_labels, src.calibration_labels)
+    assert np.array_equal(fp32.calibration_groups, src.calibration_groups)  # carried over
     a, b = HedgedClassifier.from_bundle(setup["src"]), HedgedClassifier.from_bundle(setup["fp32"], threads=1)
     pa, pb = a.predict_proba(FIXTURES), b.predict_proba(FIXTURES)
     assert np.abs(pa - pb).max() <= 1e-4
@@ -291,7 +293,8 @@ def test_decision_file_alone_gives_the_library_nodes(setup):
     logits = rng.normal(size=(300, 3)) * rng.uniform(0.1, 6, size=(300, 1))
     probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     probs = np.vstack([probs, clf.calibration_probs_, np.full((1, 3), 1 / 3)])
-    for guarantee in ("pac", "expected"):
+    assert set(table["lambda"]) == {"pac", "pac-group", "expected"}  # the source bundle has groups
+    for guarantee in table["lambda"]:
         for key in table["lambda"][guarantee]:
             target = float(key)
             lib = [p.node.name for p in clf.predict_from_probs(probs, target, guarantee)]
