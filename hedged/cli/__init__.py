@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("hedged.cli.evaluate", "evaluation report (report.md, metrics.json, figures)"),
     "train": ("hedged.cli.train", "fine-tune a backbone on labelled photos and write a model bundle"),
     "export": ("hedged.cli.export", "export a bundle to ONNX (fp32 or int8) for torch-free and phone inference"),
+    "serve": ("hedged.cli.serve", "HTTP API and web page: drop photos, slide the accuracy target"),
 }
 
 EXAMPLES = """\
@@ -25,6 +26,7 @@ examples:
   hedged predict --json photos/ > answers.jsonl    JSON Lines, one object per photo
   hedged evaluate --out report/                    report on the bundle's test split
   hedged train --data ../shared/data/clothing --out bundles/mine
+  hedged serve --port 8000                         API + page at http://127.0.0.1:8000/
 
 Run `hedged <command> --help` for the options of a command.
 `python -m hedged ...` does the same as `hedged ...`."""

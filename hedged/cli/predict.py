@@ -384,7 +384,7 @@ class _Writer:
                 self.console.print("[bold yellow]the guarantee does NOT hold: uncalibrated TTA[/bold yellow]")
         png = self.explainer(pred) if self.explainer is not None and pred.error is None else None
         if self.as_json:
-            record = _finite(pred.to_dict())
+            record = json_record(pred)
             if self.explainer is not None and pred.error is None:
                 record["explanation"] = png
             sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -398,9 +398,14 @@ class _Writer:
             sys.stderr.flush()
 
 
-def _finite(d: dict) -> dict:
+def json_record(pred) -> dict:
+    """The JSON object ``--json`` prints for one :class:`~hedged.results.Prediction`.
+
+    The HTTP API returns the same records (``hedged.server``), so that the two
+    cannot drift apart.
+    """
     # JSON has no NaN; error objects carry none, but be strict for consumers.
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in pred.to_dict().items()}
 
 
 if __name__ == "__main__":  # python -m hedged.cli.predict

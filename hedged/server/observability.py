@@ -1,0 +1,105 @@
+"""Metrics, the access log and draining, as one ASGI middleware."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+access_log = logging.getLogger("hedged.access")
+
+
+class Metrics:
+    """The server's Prometheus metrics, in a registry of its own (one per app)."""
+
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "hedged_http_requests", "HTTP requests by route and status", ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "hedged_http_request_duration_seconds", "Request latency by route", ["route"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=self.registry,
+        )
+        self.images = Counter(
+            "hedged_images", "Images answered, by outcome (classified or error)", ["outcome"],
+            registry=self.registry,
+        )
+        self.in_flight = Gauge("hedged_http_requests_in_flight", "Requests being handled", registry=self.registry)
+        self.queue_depth = Gauge(
+            "hedged_queue_depth", "Inference jobs waiting or running", registry=self.registry
+        )
+        self.model_load = Gauge(
+            "hedged_model_load_seconds", "Seconds the model took to load (NaN until loaded)", registry=self.registry
+        )
+        self.model_load.set(float("nan"))
+
+
+async def _send_problem(send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                # The body was not read: the connection cannot carry another request.
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+# Paths that answer while draining: probes and metrics must see the shutdown.
+_ALWAYS = ("/healthz", "/readyz", "/metrics")
+
+
+class ServingMiddleware:
+    """Per request: refuse when draining (503), else run the app; then record
+    metrics and one access-log line.
+
+    A pure ASGI middleware: it never touches the body and adds no task per request.
+    The body size cap is FastAPI's own ``max_body_size``.
+    """
+
+    def __init__(self, app, state):
+        self.app = app
+        self.state = state  # app.state: settings, metrics, draining
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        state = self.state
+        metrics: Metrics = state.metrics
+        start = time.perf_counter()
+        status = {"code": 500}
+
+        async def send_wrapper(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        metrics.in_flight.inc()
+        try:
+            if state.draining and scope["path"] not in _ALWAYS:
+                await _send_problem(send_wrapper, 503, "the server is shutting down")
+            else:
+                await self.app(scope, receive, send_wrapper)
+        finally:
+            metrics.in_flight.dec()
+            elapsed = time.perf_counter() - start
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            metrics.requests.labels(scope["method"], route, str(status["code"])).inc()
+            metrics.latency.labels(route).observe(elapsed)
+            client = scope.get("client") or ("-", 0)
+            query = scope.get("query_string", b"").decode("latin-1")
+            target = scope["path"] + (f"?{query}" if query else "")
+            access_log.info(
+                '%s:%s "%s %s" %d %.1fms', client[0], client[1], scope["method"], target, status["code"], 1000 * elapsed
+            )

@@ -1,0 +1,1 @@
+"""One APIRouter per concern; ``hedged.server.app.create_app`` includes them all."""

@@ -1,0 +1,193 @@
+"""``POST /v1/predict``: hedged answers for uploaded photos."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import time
+from functools import partial
+from typing import Literal
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from hedged.classifier import check_accuracy
+from hedged.server.engine import DeadlineExceeded, NotReady, QueueFull
+from hedged.server.schemas import PredictJSON, PredictResponse, Problem
+from hedged.server.service import Upload, classify
+
+router = APIRouter(prefix="/v1", tags=["predict"])
+
+DEFAULT_ACCURACY = 0.95
+
+_MULTIPART_SCHEMA = {
+    "type": "object",
+    "required": ["images"],
+    "properties": {
+        "images": {"type": "array", "items": {"type": "string", "format": "binary"}, "description": "one or more image files"},
+        "accuracy": {"type": "number", "description": "target accuracy in (0, 1]; default 0.95"},
+        "guarantee": {"type": "string", "enum": ["pac", "expected"]},
+        "path_over_targets": {"type": "boolean"},
+    },
+}
+
+_ERRORS = {
+    413: {"model": Problem, "description": "over the size limits (per image, images per request, bytes per request)"},
+    415: {"model": Problem, "description": "neither multipart/form-data nor application/json"},
+    422: {"model": Problem, "description": "bad parameters or body"},
+    503: {"model": Problem, "description": "model not loaded, queue full, or shutting down: retry later"},
+    504: {"model": Problem, "description": "the request's deadline passed"},
+}
+
+
+def validation_message(err: ValidationError | list) -> str:
+    """Pydantic's first error as one line: ``where: what``."""
+    errors = err.errors() if isinstance(err, ValidationError) else err
+    first = errors[0]
+    loc = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query"))
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{loc}: {first['msg']}{more}" if loc else f"{first['msg']}{more}"
+
+
+def _one(name: str, query, body):
+    """A parameter given as a query parameter, in the body, or both (then they must agree)."""
+    if query is not None and body is not None and query != body:
+        raise HTTPException(422, f"{name} given twice with different values ({query!r} and {body!r})")
+    return body if body is not None else query
+
+
+def _parse_form_value(name: str, text, kind):
+    if isinstance(text, UploadFile):
+        raise HTTPException(422, f"{name} must be a form field, not a file")
+    if kind is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise HTTPException(422, f"{name} must be a number, got {text!r}") from None
+    if kind is bool:
+        low = text.strip().lower()
+        if low not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+            raise HTTPException(422, f"{name} must be true or false, got {text!r}")
+        return low in ("true", "1", "yes", "on")
+    if text not in ("pac", "expected"):
+        raise HTTPException(422, f"guarantee must be pac or expected, got {text!r}")
+    return text
+
+
+async def _read_multipart(request: Request, settings):
+    form = await request.form(max_files=settings.max_images + 1, max_fields=100)
+    files = form.getlist("images")
+    if not files:
+        raise HTTPException(422, "images: no file in the multipart field 'images'")
+    if len(files) > settings.max_images:
+        raise HTTPException(413, f"more than {settings.max_images} images in one request")
+    uploads = []
+    for f in files:
+        if not isinstance(f, UploadFile):
+            raise HTTPException(422, "images: every 'images' part must be a file")
+        name = f.filename or "image"
+        if f.size is not None and f.size > settings.max_image_bytes:
+            raise HTTPException(413, f"image {name!r} is {f.size:,} bytes, over the limit of {settings.max_image_bytes:,}")
+        uploads.append(Upload(name, await f.read()))
+    params = {}
+    for key, kind in (("accuracy", float), ("guarantee", str), ("path_over_targets", bool)):
+        if key in form:
+            params[key] = _parse_form_value(key, form[key], kind)
+    return uploads, params
+
+
+async def _read_json(request: Request, settings):
+    try:
+        body = PredictJSON.model_validate_json(await request.body())
+    except ValidationError as err:
+        raise HTTPException(422, validation_message(err)) from None
+    if len(body.images) > settings.max_images:
+        raise HTTPException(413, f"more than {settings.max_images} images in one request")
+    uploads = []
+    for i, img in enumerate(body.images):
+        try:
+            data = base64.b64decode(img.data, validate=True)
+        except (binascii.Error, ValueError):
+            raise HTTPException(422, f"images.{i}.data: not valid base64") from None
+        if len(data) > settings.max_image_bytes:
+            raise HTTPException(
+                413, f"image {img.filename!r} is {len(data):,} bytes, over the limit of {settings.max_image_bytes:,}"
+            )
+        uploads.append(Upload(img.filename, data))
+    params = body.model_dump(include={"accuracy", "guarantee", "path_over_targets"}, exclude_none=True)
+    return uploads, params
+
+
+@router.post(
+    "/predict",
+    response_model=PredictResponse,
+    response_model_exclude_unset=True,
+    responses=_ERRORS,
+    summary="Hedged answers for one or more photos",
+    description=(
+        "Send the photos as the multipart field `images` (repeat it), or as JSON "
+        "`{\"images\": [{\"filename\", \"data\": base64}]}`. `accuracy`, `guarantee` and "
+        "`path_over_targets` go in the query string or in the body. Each result is exactly "
+        "the object `predict.py --json` prints for the photo (`image` = the uploaded name); "
+        "a photo that cannot be read gets `{\"image\", \"error\"}` and the others are answered."
+    ),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {"schema": _MULTIPART_SCHEMA},
+                "application/json": {"schema": {"$ref": "#/components/schemas/PredictJSON"}},
+            },
+        }
+    },
+)
+async def predict(
+    request: Request,
+    accuracy: float | None = Query(None, description="target accuracy in (0, 1]; default 0.95"),
+    guarantee: Literal["pac", "expected"] | None = Query(None, description="default: pac"),
+    path_over_targets: bool | None = Query(
+        None, description="add each photo's answer at every slider target (0.500-0.999) as `answer_path`"
+    ),
+) -> PredictResponse:
+    state = request.app.state
+    settings = state.settings
+    started = time.monotonic()
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        uploads, params = await _read_multipart(request, settings)
+    elif ctype == "application/json":
+        uploads, params = await _read_json(request, settings)
+    else:
+        raise HTTPException(415, "send the images as multipart/form-data (field 'images') or application/json")
+    acc = _one("accuracy", accuracy, params.get("accuracy"))
+    try:
+        acc = check_accuracy(DEFAULT_ACCURACY if acc is None else acc)
+    except ValueError as err:
+        raise HTTPException(422, str(err)) from None
+    engine = getattr(state, "engine", None)
+    if engine is None:
+        raise HTTPException(503, "the model is not loaded yet")
+    guarantee_ = _one("guarantee", guarantee, params.get("guarantee"))
+    with_path = bool(_one("path_over_targets", path_over_targets, params.get("path_over_targets")))
+
+    deadline = started + settings.timeout
+    job = partial(_classify_job, uploads=uploads, accuracy=acc, guarantee=guarantee_, with_path=with_path)
+    try:
+        future = engine.submit(job, deadline)
+    except (NotReady, QueueFull) as err:
+        raise HTTPException(503, f"cannot take the request now: {err}", headers={"Retry-After": "1"}) from None
+    try:
+        records, messages = await asyncio.wait_for(asyncio.wrap_future(future), max(deadline - time.monotonic(), 0))
+    except (asyncio.TimeoutError, DeadlineExceeded):
+        future.cancel()  # still queued: the inference thread skips it
+        raise HTTPException(504, f"no answer within the request deadline of {settings.timeout:g} s") from None
+    n_err = sum("error" in r for r in records)
+    state.metrics.images.labels("classified").inc(len(records) - n_err)
+    state.metrics.images.labels("error").inc(n_err)
+    return PredictResponse(results=records, warnings=messages)
+
+
+def _classify_job(clf, *, uploads, accuracy, guarantee, with_path):
+    return classify(clf, uploads, accuracy, guarantee or clf.guarantee, with_path)

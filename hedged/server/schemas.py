@@ -1,0 +1,122 @@
+"""Pydantic models of every request and response: the OpenAPI schema is the contract."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Problem(BaseModel):
+    """Every error status (413, 422, 503, 504, ...) answers one line."""
+
+    detail: str = Field(examples=["accuracy must be in (0, 1], got 1.5"])
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    ready: bool
+    detail: str = Field(examples=["model loaded", "the model is still loading"])
+
+
+class TaxonomySize(BaseModel):
+    root: str
+    n_leaves: int
+    n_nodes: int
+
+
+class CalibrationInfo(BaseModel):
+    n: int = Field(description="calibration photos")
+    groups: int | None = Field(description="distinct groups (contributors) among them, when the bundle records them")
+
+
+class ModelInfo(BaseModel):
+    bundle: str | None = Field(description="bundle directory the server runs")
+    format: str | None
+    arch: str | None
+    taxonomy: TaxonomySize
+    input_size: int | None
+    tta_angles: list[float]
+    temperature: float
+    calibration: CalibrationInfo
+    guarantees: list[str]
+    default_guarantee: str
+    delta: float = Field(description="failure probability of the pac guarantee")
+    metrics: dict = Field(description="the bundle's recorded test metrics")
+    versions: dict = Field(description="library versions that made the bundle, and those serving it")
+    load_seconds: float | None
+
+
+class TaxonomyNode(BaseModel):
+    name: str
+    display_name: str
+    parents: list[str]
+    depth: int
+    is_leaf: bool
+
+
+class TaxonomyInfo(BaseModel):
+    root: str
+    leaves: list[str] = Field(description="the model's output columns, in order")
+    nodes: list[TaxonomyNode]
+
+
+class PathSegment(BaseModel):
+    """The answer for every slider target in [min_accuracy, max_accuracy]."""
+
+    min_accuracy: float
+    max_accuracy: float
+    node: str
+    name: str
+    path: list[str]
+    probability: float
+
+
+class ImageResult(BaseModel):
+    """One image: exactly the object ``predict.py --json`` prints for it, or
+    ``{"image", "error"}`` when it cannot be read; ``answer_path`` only when asked."""
+
+    # Keys predict.py adds later pass through unchanged: one record format.
+    model_config = ConfigDict(extra="allow")
+
+    image: str
+    error: str | None = None
+    node: str | None = None
+    name: str | None = None
+    path: list[str] | None = None
+    depth: int | None = None
+    probability: float | None = None
+    info_gain: float | None = None
+    leaves: list[str] | None = None
+    labels: list[str] | None = None
+    leaf_guess: str | None = None
+    leaf_guess_name: str | None = None
+    leaf_probability: float | None = None
+    accuracy_target: float | None = None
+    guarantee: str | None = None
+    guarantee_holds: bool | None = None
+    answer_path: list[PathSegment] | None = None
+
+
+class PredictResponse(BaseModel):
+    results: list[ImageResult]
+    warnings: list[str] = Field(default_factory=list, description="calibration warnings (e.g. a target it cannot certify)")
+
+
+class Base64Image(BaseModel):
+    filename: str = Field("image", max_length=255, description="name echoed as the result's image key")
+    data: str = Field(description="the image file's bytes, base64 (standard alphabet)")
+
+
+class PredictJSON(BaseModel):
+    """The JSON body of ``POST /v1/predict`` (what mobile clients send)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    images: list[Base64Image] = Field(min_length=1)
+    accuracy: float | None = Field(None, description="target accuracy in (0, 1]; default 0.95")
+    guarantee: Literal["pac", "expected"] | None = None
+    path_over_targets: bool | None = None

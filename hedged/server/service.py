@@ -1,0 +1,178 @@
+"""What the HTTP routes ask of the library: classify uploads, describe the model.
+
+Everything here runs the facade (``HedgedClassifier``) exactly as ``predict.py``
+does and builds each image's record with ``predict.py``'s own
+:func:`~hedged.cli.predict.json_record`, so the API and the command line
+cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import warnings
+from dataclasses import dataclass
+from importlib import metadata
+
+import numpy as np
+
+from hedged.classifier import GUARANTEES
+from hedged.cli.predict import json_record
+from hedged.results import Prediction
+
+#: The accuracy targets of the page's slider (0.500, 0.501, ..., 0.999): the
+#: answer path is evaluated at each, so the page is exact at every position.
+SLIDER_TARGETS = np.round(np.arange(500, 1000) / 1000.0, 3)
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One uploaded image: the name the client gave it and its bytes."""
+
+    name: str
+    data: bytes
+
+
+def _named_stream(upload: Upload) -> io.BytesIO:
+    stream = io.BytesIO(upload.data)
+    stream.name = upload.name  # load errors then name the uploaded file
+    return stream
+
+
+def classify(clf, uploads: list[Upload], accuracy: float, guarantee: str, with_path: bool = False):
+    """Hedged records for ``uploads``, one per upload, in order.
+
+    Returns ``(records, warnings)``: each record is ``predict.py --json``'s
+    object for the image (``image`` = the uploaded name); an image that cannot
+    be read gets ``{"image", "error"}`` and the others are still classified.
+    With ``with_path`` every classified record also gets ``answer_path``
+    (see :func:`answer_paths`).
+    """
+    from hedged.models import ImageLoadError
+
+    records: list[dict | None] = [None] * len(uploads)
+    images, rows = [], []
+    for i, up in enumerate(uploads):
+        try:
+            # The recipe's own loader (pixel limit, JPEG draft decoding), as predict.py's files get.
+            images.append(clf.preprocess.load(_named_stream(up)))
+            rows.append(i)
+        except (ImageLoadError, OSError) as err:
+            records[i] = json_record(Prediction.failed(up.name, str(err), accuracy, guarantee))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if images:
+            probs = clf.predict_proba(images)
+            preds = clf.predict_from_probs(probs, accuracy, guarantee, sources=[uploads[i].name for i in rows])
+            for i, pred in zip(rows, preds):
+                records[i] = json_record(pred)
+    messages = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))
+    if with_path and images:
+        for i, path in zip(rows, answer_paths(clf, probs, guarantee)):
+            records[i]["answer_path"] = path
+    return records, messages
+
+
+def answer_paths(clf, probs, guarantee: str, targets=SLIDER_TARGETS) -> list[list[dict]]:
+    """Per image, its answer at every target in ``targets``, as segments.
+
+    Each segment is ``{"min_accuracy", "max_accuracy", "node", "name", "path",
+    "probability"}``: the answer for every target of ``targets`` in
+    ``[min_accuracy, max_accuracy]``, ascending. A client moves along it
+    without sending the photo again. The answers are the facade's own
+    (``predict_from_probs``), one call per distinct calibrated lambda.
+    """
+    targets = np.asarray(targets, dtype=np.float64)
+    rule = clf.rule(guarantee)
+    with warnings.catch_warnings():
+        # Targets the calibration cannot certify answer the root and warn; the
+        # path says so by its root segment.
+        warnings.simplefilter("ignore")
+        lams = np.array([rule.lambda_for(a) for a in targets])
+        starts = np.flatnonzero(np.r_[True, lams[1:] != lams[:-1]])
+        runs = [clf.predict_from_probs(probs, float(targets[s]), guarantee) for s in starts]
+    ends = np.r_[starts[1:] - 1, len(targets) - 1]
+    paths: list[list[dict]] = [[] for _ in range(len(probs))]
+    for s, e, preds in zip(starts, ends, runs):
+        for path, pred in zip(paths, preds):
+            if path and path[-1]["node"] == pred.node.name:
+                path[-1]["max_accuracy"] = float(targets[e])
+                continue
+            path.append(
+                {
+                    "min_accuracy": float(targets[s]),
+                    "max_accuracy": float(targets[e]),
+                    "node": pred.node.name,
+                    "name": pred.node.display_name,
+                    "path": list(pred.node.path),
+                    "probability": pred.probability,
+                }
+            )
+    return paths
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def model_info(clf, load_seconds: float | None) -> dict:
+    """Bundle metadata for ``GET /v1/model``."""
+    bundle = getattr(clf, "bundle_", None)
+    tax = clf.taxonomy
+    manifest = {}
+    path = getattr(bundle, "path", None)
+    if path is not None:
+        try:
+            manifest = json.loads((path / "bundle.json").read_text())
+        except (OSError, ValueError):
+            manifest = {}
+    groups = getattr(clf, "calibration_groups_", None)
+    if groups is None:
+        groups = getattr(bundle, "calibration_groups", None)
+    preprocess = clf.preprocess
+    runtime = {name: _version(name) for name in ("hedged", "numpy", "fastapi")}
+    for mod, dist in (("torch", "torch"), ("onnxruntime", "onnxruntime")):
+        if mod in sys.modules:  # only the backend this bundle runs on
+            runtime[dist] = _version(dist)
+    return {
+        "bundle": None if path is None else str(path),
+        "format": manifest.get("format"),
+        "arch": getattr(bundle, "arch", None),
+        "taxonomy": {"root": tax.root, "n_leaves": tax.n_leaves, "n_nodes": tax.n_nodes},
+        "input_size": getattr(preprocess, "input_size", None),
+        "tta_angles": list(clf.tta_angles),
+        "temperature": float(clf.temperature),
+        "calibration": {
+            "n": int(len(clf.calibration_labels_)),
+            "groups": None if groups is None else int(len(np.unique(np.asarray(groups)))),
+        },
+        "guarantees": list(GUARANTEES),
+        "default_guarantee": clf.guarantee,
+        "delta": float(clf.delta),
+        "metrics": manifest.get("metrics", {}),
+        "versions": {"bundle": manifest.get("versions", {}), "server": runtime},
+        "load_seconds": load_seconds,
+    }
+
+
+def taxonomy_info(tax) -> dict:
+    """Nodes, display names, parents and leaves for ``GET /v1/taxonomy``."""
+    leaves = set(tax.leaves)
+    return {
+        "root": tax.root,
+        "leaves": list(tax.leaves),
+        "nodes": [
+            {
+                "name": v,
+                "display_name": tax.display_name(v),
+                "parents": sorted(tax.parents(v)),
+                "depth": int(tax.depth(v)),
+                "is_leaf": v in leaves,
+            }
+            for v in tax.nodes
+        ],
+    }

@@ -1,0 +1,83 @@
+"""Server configuration: command-line flags over environment variables over defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+
+MB = 1024 * 1024
+
+#: Environment variable -> Settings field. Values are parsed with the field's type.
+ENV = {
+    "HEDGED_MODEL": "model",
+    "HEDGED_HOST": "host",
+    "HEDGED_PORT": "port",
+    "HEDGED_MAX_IMAGE_BYTES": "max_image_bytes",
+    "HEDGED_MAX_IMAGES": "max_images",
+    "HEDGED_MAX_REQUEST_BYTES": "max_request_bytes",
+    "HEDGED_QUEUE_SIZE": "queue_size",
+    "HEDGED_TIMEOUT": "timeout",
+    "HEDGED_BATCH_SIZE": "batch_size",
+    "HEDGED_LOG_LEVEL": "log_level",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything ``create_app`` and ``serve`` need.
+
+    Attributes
+    ----------
+    model : str or None
+        Bundle directory; ``None``: the bundle ``predict.py`` uses by default.
+    host, port
+        Where ``serve`` listens (loopback by default: exposing it is a choice).
+    max_image_bytes, max_images, max_request_bytes
+        Upload limits; over them the request gets 413.
+    queue_size
+        Requests that may wait for the inference thread; one more gets 503 at
+        once (back-pressure instead of a growing backlog).
+    timeout : float
+        Seconds a /v1/predict request may take, queueing included; then 504.
+    batch_size : int
+        Images per forward pass (as ``predict.py --batch-size``).
+    log_level : str
+    """
+
+    model: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_image_bytes: int = 10 * MB
+    max_images: int = 32
+    max_request_bytes: int = 64 * MB
+    queue_size: int = 8
+    timeout: float = 30.0
+    batch_size: int = 8
+    log_level: str = "info"
+
+    def __post_init__(self):
+        for name in ("max_image_bytes", "max_images", "max_request_bytes", "queue_size", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not 0 <= int(self.port) <= 65535:
+            raise ValueError(f"port must be in 0..65535, got {self.port!r}")
+        if not float(self.timeout) > 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got {self.timeout!r}")
+
+    @classmethod
+    def from_env(cls, environ=None, **overrides) -> Settings:
+        """Defaults, then ``HEDGED_*`` variables (see ``ENV``), then ``overrides`` that are not None."""
+        environ = os.environ if environ is None else environ
+        types = {f.name: f.type for f in fields(cls)}
+        values = {}
+        for var, name in ENV.items():
+            text = environ.get(var)
+            if text is None or text == "":
+                continue
+            kind = {"int": int, "float": float}.get(types[name].split(" ")[0], str)
+            try:
+                values[name] = kind(text)
+            except ValueError:
+                raise ValueError(f"{var} must be {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)

@@ -1,0 +1,166 @@
+// The page: upload photos once, then re-hedge them locally as the target moves.
+// Each answer comes with its answer path (the answer at every slider target),
+// so moving the slider never sends a photo again. No external resources.
+"use strict";
+
+const slider = document.getElementById("accuracy");
+const sliderValue = document.getElementById("accuracy-value");
+const drop = document.getElementById("drop");
+const picker = document.getElementById("files");
+const list = document.getElementById("results");
+const statusLine = document.getElementById("status");
+const template = document.getElementById("card");
+
+const cards = [];           // {el, record} per photo, record null until answered
+let displayNames = null;    // taxonomy node -> display name
+const CONCURRENCY = 2;      // the server runs one inference thread: more only queues
+const queue = [];
+let running = 0;
+
+function pct(x) { return (100 * x).toFixed(1) + "%"; }
+function target() { return Math.round(parseFloat(slider.value) * 1000) / 1000; }
+
+async function loadTaxonomy() {
+  try {
+    const r = await fetch("/v1/taxonomy");
+    if (!r.ok) return;
+    const t = await r.json();
+    displayNames = Object.fromEntries(t.nodes.map((n) => [n.name, n.display_name]));
+  } catch (e) { /* breadcrumbs fall back to node names */ }
+}
+
+function show(name) { return (displayNames && displayNames[name]) || name; }
+
+// The answer for the current target: the path segment that covers it.
+function answerAt(record, a) {
+  const path = record.answer_path;
+  if (!path || !path.length) return {node: record.node, name: record.name, path: record.path, probability: record.probability};
+  for (const seg of path) {
+    if (a >= seg.min_accuracy - 1e-9 && a <= seg.max_accuracy + 1e-9) return seg;
+  }
+  return a < path[0].min_accuracy ? path[0] : path[path.length - 1];
+}
+
+function render(card) {
+  const {el, record} = card;
+  if (!record || record.error) return;
+  const ans = answerAt(record, target());
+  el.querySelector(".node").textContent = ans.name;
+  el.querySelector(".prob").textContent = "p = " + pct(ans.probability);
+  const ol = el.querySelector(".crumbs ol");
+  ol.replaceChildren(...ans.path.map((node, i) => {
+    const li = document.createElement("li");
+    li.textContent = show(node);
+    if (i === ans.path.length - 1) li.setAttribute("aria-current", "location");
+    return li;
+  }));
+  el.querySelector(".leaf-name").textContent = record.leaf_guess_name;
+  el.querySelector(".leaf-prob").textContent = "p = " + pct(record.leaf_probability);
+  el.dataset.node = ans.node;
+}
+
+function fail(card, message) {
+  const el = card.el;
+  el.querySelector(".pending").hidden = true;
+  const err = el.querySelector(".error");
+  err.textContent = message;
+  err.hidden = false;
+  el.classList.add("failed");
+}
+
+function addCard(file) {
+  const el = template.content.firstElementChild.cloneNode(true);
+  el.querySelector(".file").textContent = file.name;
+  const thumb = el.querySelector(".thumb");
+  if (file.type.startsWith("image/")) {
+    const img = document.createElement("img");
+    img.src = URL.createObjectURL(file);
+    img.alt = "Photo " + file.name;
+    thumb.append(img);
+  } else {
+    const none = document.createElement("div");
+    none.className = "none";
+    none.setAttribute("role", "img");
+    none.setAttribute("aria-label", "No preview for " + file.name);
+    none.textContent = "no preview";
+    thumb.append(none);
+  }
+  list.append(el);
+  const card = {el, record: null, file};
+  cards.push(card);
+  return card;
+}
+
+async function classify(card) {
+  const form = new FormData();
+  form.append("images", card.file, card.file.name);
+  const url = "/v1/predict?path_over_targets=true&accuracy=" + target();
+  let body = null;
+  try {
+    const r = await fetch(url, {method: "POST", body: form});
+    body = await r.json().catch(() => null);
+    if (!r.ok) {
+      fail(card, (body && body.detail) || ("the server answered " + r.status));
+      return;
+    }
+  } catch (e) {
+    fail(card, "the server could not be reached");
+    return;
+  }
+  const record = body.results[0];
+  if (record.error) { fail(card, record.error); return; }
+  card.record = record;
+  card.el.querySelector(".pending").hidden = true;
+  card.el.querySelector(".answer-block").hidden = false;
+  card.el.classList.add("answered");
+  render(card);
+}
+
+function pump() {
+  while (running < CONCURRENCY && queue.length) {
+    const card = queue.shift();
+    running += 1;
+    classify(card).finally(() => {
+      running -= 1;
+      updateStatus();
+      pump();
+    });
+  }
+  updateStatus();
+}
+
+function updateStatus() {
+  const left = queue.length + running;
+  statusLine.textContent = left ? `Classifying ${left} photo${left > 1 ? "s" : ""}…` : (cards.length ? `${cards.length} photo${cards.length > 1 ? "s" : ""}` : "");
+}
+
+function addFiles(files) {
+  for (const file of files) queue.push(addCard(file));
+  pump();
+}
+
+slider.addEventListener("input", () => {
+  sliderValue.textContent = pct(target());
+  for (const card of cards) render(card);
+});
+
+picker.addEventListener("change", () => { addFiles(picker.files); picker.value = ""; });
+drop.addEventListener("keydown", (ev) => {
+  if (ev.target === drop && (ev.key === "Enter" || ev.key === " ")) { ev.preventDefault(); picker.click(); }
+});
+for (const name of ["dragenter", "dragover"]) {
+  drop.addEventListener(name, (ev) => { ev.preventDefault(); drop.classList.add("over"); });
+}
+for (const name of ["dragleave", "drop"]) {
+  drop.addEventListener(name, () => drop.classList.remove("over"));
+}
+drop.addEventListener("drop", (ev) => {
+  ev.preventDefault();
+  if (ev.dataTransfer && ev.dataTransfer.files.length) addFiles(ev.dataTransfer.files);
+});
+// A photo dropped beside the zone must not navigate away from the page.
+window.addEventListener("dragover", (ev) => ev.preventDefault());
+window.addEventListener("drop", (ev) => ev.preventDefault());
+
+sliderValue.textContent = pct(target());
+loadTaxonomy().then(() => cards.forEach(render));
