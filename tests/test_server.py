@@ -505,6 +505,9 @@ def test_settings_from_env():
         Settings.from_env({"HEDGED_PORT": "x"})
     with pytest.raises(ValueError, match="max_images must be a positive integer"):
         Settings(max_images=0)
+    assert Settings.from_env({"HEDGED_LOG_LEVEL": "WARNING"}).log_level == "warning"
+    with pytest.raises(ValueError, match="log_level must be one of"):
+        Settings(log_level="loud")
 
 
 # ---------------------------------------------------------------- the default bundle, as predict.py runs it

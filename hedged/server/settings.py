@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, fields
 
 MB = 1024 * 1024
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 #: Environment variable -> Settings field. Values are parsed with the field's type.
 ENV = {
@@ -63,6 +64,10 @@ class Settings:
             raise ValueError(f"port must be in 0..65535, got {self.port!r}")
         if not float(self.timeout) > 0:
             raise ValueError(f"timeout must be a positive number of seconds, got {self.timeout!r}")
+        level = str(self.log_level).lower()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+        object.__setattr__(self, "log_level", level)  # uvicorn wants lower case
 
     @classmethod
     def from_env(cls, environ=None, **overrides) -> Settings:

@@ -145,9 +145,6 @@ slider.addEventListener("input", () => {
 });
 
 picker.addEventListener("change", () => { addFiles(picker.files); picker.value = ""; });
-drop.addEventListener("keydown", (ev) => {
-  if (ev.target === drop && (ev.key === "Enter" || ev.key === " ")) { ev.preventDefault(); picker.click(); }
-});
 for (const name of ["dragenter", "dragover"]) {
   drop.addEventListener(name, (ev) => { ev.preventDefault(); drop.classList.add("over"); });
 }

@@ -1,0 +1,157 @@
+"""The page at / in a real browser: Playwright driving Debian's chromium against a real server on loopback."""
+
+from __future__ import annotations
+
+import base64
+import os
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+pytest.importorskip("fastapi")
+playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+
+CHROMIUM = Path(os.environ.get("HEDGED_CHROMIUM", "/usr/bin/chromium"))
+if not CHROMIUM.is_file():
+    pytest.skip(f"no chromium at {CHROMIUM}: apt-get install chromium to run the browser tests", allow_module_level=True)
+
+import httpx  # noqa: E402
+
+from hedged import HedgedClassifier  # noqa: E402
+from hedged.server import Settings, create_app  # noqa: E402
+from hedged.server.runner import make_server  # noqa: E402
+from test_facade_helpers import cached_bundle  # noqa: E402
+from test_server import free_port  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = sorted((REPO / "examples").glob("*.jpg"))
+LOOPBACK = "127.0.0.1"
+
+
+@pytest.fixture(scope="module")
+def server():
+    clf = HedgedClassifier.from_bundle(cached_bundle(leaves=(0, 1)))  # a leaf at low targets, "Animal" at 0.95
+    settings = Settings(host=LOOPBACK, port=free_port(), log_level="warning")
+    srv = make_server(settings, create_app(settings, loader=lambda: clf))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    base = f"http://{LOOPBACK}:{settings.port}"
+    for _ in range(600):
+        try:
+            if httpx.get(f"{base}/readyz").status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    yield base
+    srv.should_exit = True
+    thread.join(30)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as p:
+        try:
+            b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        except playwright_api.Error as err:
+            pytest.skip(f"chromium at {CHROMIUM} does not start under Playwright: {str(err).splitlines()[0]}")
+        yield b
+        b.close()
+
+
+def drop(page, selector: str, files: list[tuple[str, bytes, str]]) -> None:
+    """Drop files on ``selector`` as a user dragging them from the desktop would."""
+    payload = [{"name": n, "b64": base64.b64encode(d).decode(), "type": t} for n, d, t in files]
+    transfer = page.evaluate_handle(
+        """(files) => {
+            const dt = new DataTransfer();
+            for (const f of files) {
+                const bytes = Uint8Array.from(atob(f.b64), (c) => c.charCodeAt(0));
+                dt.items.add(new File([bytes], f.name, {type: f.type}));
+            }
+            return dt;
+        }""",
+        payload,
+    )
+    page.dispatch_event(selector, "drop", {"dataTransfer": transfer})
+
+
+def test_drop_photos_slide_target_and_see_errors(server, browser):
+    page = browser.new_page()
+    requested = []
+    page.on("request", lambda req: requested.append(req.url))
+    outside = []
+
+    def guard(route):
+        if urlsplit(route.request.url).hostname != LOOPBACK:
+            outside.append(route.request.url)
+            return route.abort()
+        return route.continue_()
+
+    page.route("**/*", guard)
+    page.goto(server + "/")
+
+    # labelled controls
+    slider = page.get_by_label("Accuracy target")
+    assert slider.get_attribute("type") == "range"
+    assert (slider.get_attribute("min"), slider.get_attribute("max")) == ("0.5", "0.999")
+
+    drop(page, "#drop", [(p.name, p.read_bytes(), "image/jpeg") for p in EXAMPLES[:3]])
+    answered = page.locator("li.card.answered")
+    answered.nth(2).wait_for(timeout=60_000)
+    assert answered.count() == 3
+    names = [answered.nth(i).locator(".file").inner_text() for i in range(3)]
+    assert sorted(names) == sorted(p.name for p in EXAMPLES[:3])
+    for i in range(3):
+        card = answered.nth(i)
+        assert card.locator(".node").inner_text() == "Animal"  # at the default 0.95
+        assert card.locator(".crumbs li").all_inner_texts()[-1] == "Animal"
+        assert card.locator("img").get_attribute("alt").startswith("Photo ")
+        assert card.locator(".leaf-name").inner_text() in ("Cat", "Dog")
+
+    # keyboard: Home moves the slider to 0.50, where this model answers a leaf; no new request
+    n_requests = len(requested)
+    slider.focus()
+    page.keyboard.press("Home")
+    assert page.locator("#accuracy-value").inner_text() == "50.0%"
+    first = answered.nth(0)
+    assert first.locator(".node").inner_text() in ("Cat", "Dog")
+    assert first.locator(".crumbs li").all_inner_texts()[-2:-1] == ["Animal"]
+    page.keyboard.press("End")  # 0.999: beyond what 300 calibration photos certify -> the root
+    assert first.locator(".node").inner_text() == "things"
+    assert len(requested) == n_requests
+
+    # a text file: an inline error on its own card, the others untouched
+    drop(page, "#drop", [("notes.txt", b"not a photo", "text/plain")])
+    error = page.locator("li.card.failed .error")
+    error.wait_for(timeout=60_000)
+    assert "not an image" in error.inner_text()
+    assert page.locator("li.card.failed .file").inner_text() == "notes.txt"
+    assert answered.count() == 3
+
+    assert outside == []
+    assert requested and all(urlsplit(u).hostname == LOOPBACK for u in requested)
+    page.close()
+
+
+def test_pick_with_the_keyboard_and_docs_offline(server, browser):
+    page = browser.new_page()
+    requested = []
+    page.on("request", lambda req: requested.append(req.url))
+    page.goto(server + "/")
+    # Tab from the slider reaches the file picker; Enter opens the file chooser
+    page.get_by_label("Accuracy target").focus()
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "files"
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Enter")
+    chooser.value.set_files([str(EXAMPLES[0])])
+    page.locator("li.card.answered").wait_for(timeout=60_000)
+    # the API docs render from files served here
+    page.goto(server + "/docs")
+    page.locator(".swagger-ui .opblock").first.wait_for(timeout=60_000)
+    assert all(urlsplit(u).hostname == LOOPBACK for u in requested if not u.startswith(("data:", "blob:")))
+    page.close()
