@@ -26,7 +26,6 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 from hedged import HedgedClassifier  # noqa: E402
 from hedged.cli.predict import main as predict_main  # noqa: E402
 from hedged.server import Settings, create_app  # noqa: E402
-from hedged.server.service import SLIDER_TARGETS  # noqa: E402
 from test_facade_helpers import cached_bundle, write_images  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -214,22 +213,25 @@ def test_answer_path_over_targets(client, clf, photos):
     assert "answer_path" not in results[-1]  # the corrupt file
     for rec in results[:-1]:
         path = rec["answer_path"]
-        # contiguous over the slider's grid, ascending, a new node at every segment
-        assert path[0]["min_accuracy"] == 0.5 and path[-1]["max_accuracy"] == 0.999
-        for a, b in zip(path, path[1:]):
-            assert round(b["min_accuracy"] - a["max_accuracy"], 6) == 0.001 and a["node"] != b["node"]
-        at = lambda t: next(s for s in path if s["min_accuracy"] <= t <= s["max_accuracy"])  # noqa: E731
-        # the segment at the request's target is the record's answer
+        # the facade's steps: max_target increasing, the root at 1.0 last, a new node at every step
+        assert [s["max_target"] for s in path] == sorted({s["max_target"] for s in path})
+        assert (path[-1]["max_target"], path[-1]["node"], path[-1]["path"]) == (1.0, "things", ["things"])
+        assert all(a["node"] != b["node"] for a, b in zip(path, path[1:]))
+        at = lambda t: next(s for s in path if t <= s["max_target"])  # noqa: E731
+        # the step at the request's target is the record's answer
         assert at(0.95)["node"] == rec["node"] and at(0.95)["path"] == rec["path"]
+        assert at(0.95)["probability"] == pytest.approx(rec["probability"])
         # and at every target it is what the library answers for that target
         image = next(p for p in photos if p.name == rec["image"])
-        for t in (0.5, 0.6, 0.77, 0.9, 0.99, 0.999):
+        for t in (0.3, 0.5, 0.6, 0.77, 0.9, 0.99, 0.999, 1.0):
             pred = clf.predict(image, accuracy=t)[0]
             assert at(t)["node"] == pred.node.name and at(t)["probability"] == pytest.approx(pred.probability)
     # this bundle answers a leaf at low targets and the root at the top: the slider moves answers
     nodes = [s["node"] for s in results[0]["answer_path"]]
-    assert nodes[0] in ("animal.cat", "animal.dog") and nodes[-1] == "things"
-    assert len(SLIDER_TARGETS) == 500
+    assert nodes[0] in ("animal.cat", "animal.dog") and "animal" in nodes
+    # without the flag the records carry no path
+    plain = client.post("/v1/predict", files=files(photos[0])).json()["results"][0]
+    assert "answer_path" not in plain and "leaf_at_target" in plain
 
 
 @pytest.mark.parametrize(

@@ -79,8 +79,14 @@ def drop(page, selector: str, files: list[tuple[str, bytes, str]]) -> None:
     page.dispatch_event(selector, "drop", {"dataTransfer": transfer})
 
 
-def test_drop_photos_slide_target_and_see_errors(server, browser):
+def new_page(browser):
     page = browser.new_page()
+    page.set_default_timeout(120_000)  # a busy CI machine, not a slow page
+    return page
+
+
+def test_drop_photos_slide_target_and_see_errors(server, browser):
+    page = new_page(browser)
     requested = []
     page.on("request", lambda req: requested.append(req.url))
     outside = []
@@ -101,7 +107,7 @@ def test_drop_photos_slide_target_and_see_errors(server, browser):
 
     drop(page, "#drop", [(p.name, p.read_bytes(), "image/jpeg") for p in EXAMPLES[:3]])
     answered = page.locator("li.card.answered")
-    answered.nth(2).wait_for(timeout=60_000)
+    answered.nth(2).wait_for()
     assert answered.count() == 3
     names = [answered.nth(i).locator(".file").inner_text() for i in range(3)]
     assert sorted(names) == sorted(p.name for p in EXAMPLES[:3])
@@ -127,7 +133,7 @@ def test_drop_photos_slide_target_and_see_errors(server, browser):
     # a text file: an inline error on its own card, the others untouched
     drop(page, "#drop", [("notes.txt", b"not a photo", "text/plain")])
     error = page.locator("li.card.failed .error")
-    error.wait_for(timeout=60_000)
+    error.wait_for()
     assert "not an image" in error.inner_text()
     assert page.locator("li.card.failed .file").inner_text() == "notes.txt"
     assert answered.count() == 3
@@ -138,7 +144,7 @@ def test_drop_photos_slide_target_and_see_errors(server, browser):
 
 
 def test_pick_with_the_keyboard_and_docs_offline(server, browser):
-    page = browser.new_page()
+    page = new_page(browser)
     requested = []
     page.on("request", lambda req: requested.append(req.url))
     page.goto(server + "/")
@@ -149,9 +155,9 @@ def test_pick_with_the_keyboard_and_docs_offline(server, browser):
     with page.expect_file_chooser() as chooser:
         page.keyboard.press("Enter")
     chooser.value.set_files([str(EXAMPLES[0])])
-    page.locator("li.card.answered").wait_for(timeout=60_000)
+    page.locator("li.card.answered").wait_for()
     # the API docs render from files served here
     page.goto(server + "/docs")
-    page.locator(".swagger-ui .opblock").first.wait_for(timeout=60_000)
+    page.locator(".swagger-ui .opblock").first.wait_for()
     assert all(urlsplit(u).hostname == LOOPBACK for u in requested if not u.startswith(("data:", "blob:")))
     page.close()

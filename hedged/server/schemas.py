@@ -64,15 +64,18 @@ class TaxonomyInfo(BaseModel):
     nodes: list[TaxonomyNode]
 
 
-class PathSegment(BaseModel):
-    """The answer for every slider target in [min_accuracy, max_accuracy]."""
+class PathStep(BaseModel):
+    """One step of a photo's answer over targets: ``node`` answers every target
+    above the previous step's ``max_target`` up to this one (the facade's
+    ``Prediction.answer_path``, plus the node's probability and path)."""
 
-    min_accuracy: float
-    max_accuracy: float
+    model_config = ConfigDict(extra="allow")
+
+    max_target: float
     node: str
     name: str
-    path: list[str]
     probability: float
+    path: list[str]
 
 
 class ImageResult(BaseModel):
@@ -98,7 +101,8 @@ class ImageResult(BaseModel):
     accuracy_target: float | None = None
     guarantee: str | None = None
     guarantee_holds: bool | None = None
-    answer_path: list[PathSegment] | None = None
+    leaf_at_target: float | None = None
+    answer_path: list[PathStep] | None = None
 
 
 class PredictResponse(BaseModel):

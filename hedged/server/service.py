@@ -21,11 +21,6 @@ from hedged.classifier import GUARANTEES
 from hedged.cli.predict import json_record
 from hedged.results import Prediction
 
-#: The accuracy targets of the page's slider (0.500, 0.501, ..., 0.999): the
-#: answer path is evaluated at each, so the page is exact at every position.
-SLIDER_TARGETS = np.round(np.arange(500, 1000) / 1000.0, 3)
-
-
 @dataclass(frozen=True)
 class Upload:
     """One uploaded image: the name the client gave it and its bytes."""
@@ -46,8 +41,10 @@ def classify(clf, uploads: list[Upload], accuracy: float, guarantee: str, with_p
     Returns ``(records, warnings)``: each record is ``predict.py --json``'s
     object for the image (``image`` = the uploaded name); an image that cannot
     be read gets ``{"image", "error"}`` and the others are still classified.
-    With ``with_path`` every classified record also gets ``answer_path``
-    (see :func:`answer_paths`).
+    With ``with_path`` every classified record also carries the facade's
+    ``answer_path`` (the answer at every target, ``path_over_targets=True``),
+    each step with the node's ``probability`` and ``path`` added so that a
+    client can show any target without asking again.
     """
     from hedged.models import ImageLoadError
 
@@ -63,53 +60,21 @@ def classify(clf, uploads: list[Upload], accuracy: float, guarantee: str, with_p
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if images:
+            # predict() is predict_proba + predict_from_probs; split here because
+            # the path's probabilities need the posteriors.
             probs = clf.predict_proba(images)
-            preds = clf.predict_from_probs(probs, accuracy, guarantee, sources=[uploads[i].name for i in rows])
-            for i, pred in zip(rows, preds):
-                records[i] = json_record(pred)
-    messages = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))
-    if with_path and images:
-        for i, path in zip(rows, answer_paths(clf, probs, guarantee)):
-            records[i]["answer_path"] = path
-    return records, messages
-
-
-def answer_paths(clf, probs, guarantee: str, targets=SLIDER_TARGETS) -> list[list[dict]]:
-    """Per image, its answer at every target in ``targets``, as segments.
-
-    Each segment is ``{"min_accuracy", "max_accuracy", "node", "name", "path",
-    "probability"}``: the answer for every target of ``targets`` in
-    ``[min_accuracy, max_accuracy]``, ascending. A client moves along it
-    without sending the photo again. The answers are the facade's own
-    (``predict_from_probs``), one call per distinct calibrated lambda.
-    """
-    targets = np.asarray(targets, dtype=np.float64)
-    rule = clf.rule(guarantee)
-    with warnings.catch_warnings():
-        # Targets the calibration cannot certify answer the root and warn; the
-        # path says so by its root segment.
-        warnings.simplefilter("ignore")
-        lams = np.array([rule.lambda_for(a) for a in targets])
-        starts = np.flatnonzero(np.r_[True, lams[1:] != lams[:-1]])
-        runs = [clf.predict_from_probs(probs, float(targets[s]), guarantee) for s in starts]
-    ends = np.r_[starts[1:] - 1, len(targets) - 1]
-    paths: list[list[dict]] = [[] for _ in range(len(probs))]
-    for s, e, preds in zip(starts, ends, runs):
-        for path, pred in zip(paths, preds):
-            if path and path[-1]["node"] == pred.node.name:
-                path[-1]["max_accuracy"] = float(targets[e])
-                continue
-            path.append(
-                {
-                    "min_accuracy": float(targets[s]),
-                    "max_accuracy": float(targets[e]),
-                    "node": pred.node.name,
-                    "name": pred.node.display_name,
-                    "path": list(pred.node.path),
-                    "probability": pred.probability,
-                }
+            preds = clf.predict_from_probs(
+                probs, accuracy, guarantee, sources=[uploads[i].name for i in rows], path_over_targets=with_path
             )
-    return paths
+            node_p = clf.node_proba(probs) if with_path else None
+            for r, (i, pred) in enumerate(zip(rows, preds)):
+                records[i] = record = json_record(pred)
+                if with_path:
+                    for step in record["answer_path"]:
+                        step["probability"] = float(node_p[r, clf.taxonomy.node_index(step["node"])])
+                        step["path"] = list(clf.node(step["node"]).path)
+    messages = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))
+    return records, messages
 
 
 def _version(dist: str) -> str | None:

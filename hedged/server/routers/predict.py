@@ -148,7 +148,7 @@ async def predict(
     accuracy: float | None = Query(None, description="target accuracy in (0, 1]; default 0.95"),
     guarantee: Literal["pac", "expected"] | None = Query(None, description="default: pac"),
     path_over_targets: bool | None = Query(
-        None, description="add each photo's answer at every slider target (0.500-0.999) as `answer_path`"
+        None, description="add each photo's answer at every target in (0, 1] as `answer_path`"
     ),
 ) -> PredictResponse:
     state = request.app.state

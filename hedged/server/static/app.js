@@ -31,14 +31,12 @@ async function loadTaxonomy() {
 
 function show(name) { return (displayNames && displayNames[name]) || name; }
 
-// The answer for the current target: the path segment that covers it.
+// The answer for target a: the first step of the answer path with a <= max_target
+// (the last step is always the root at 1.0), as the library reads it.
 function answerAt(record, a) {
   const path = record.answer_path;
   if (!path || !path.length) return {node: record.node, name: record.name, path: record.path, probability: record.probability};
-  for (const seg of path) {
-    if (a >= seg.min_accuracy - 1e-9 && a <= seg.max_accuracy + 1e-9) return seg;
-  }
-  return a < path[0].min_accuracy ? path[0] : path[path.length - 1];
+  return path.find((step) => a <= step.max_target) || path[path.length - 1];
 }
 
 function render(card) {
