@@ -69,8 +69,11 @@ def create_app(settings: Settings | None = None, *, loader=None) -> FastAPI:
             app.state.draining = True
             await run_in_threadpool(engine.close, settings.timeout)
 
+    from hedged import __version__
+
     app = FastAPI(
         title="hedged",
+        version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
         docs_url=None,  # served by routers.page without a CDN
