@@ -98,7 +98,7 @@ def test_health_ready_model_taxonomy(client, clf):
     info = client.get("/v1/model").json()
     assert info["taxonomy"] == {"root": "things", "n_leaves": 3, "n_nodes": 5}
     assert info["calibration"]["n"] == 300 and info["tta_angles"] == [0.0]
-    assert info["guarantees"] == ["pac", "expected"] and info["default_guarantee"] == "pac"
+    assert info["guarantees"] == ["pac", "pac-group", "expected"] and info["default_guarantee"] == "pac"
     assert info["arch"] == "efficientnet_lite0" and info["input_size"] == 64
     tax = client.get("/v1/taxonomy").json()
     assert tax["leaves"] == list(clf.taxonomy.leaves)
@@ -241,14 +241,21 @@ def test_answer_path_over_targets(client, clf, photos):
         ("accuracy=0", {}, "accuracy must be in (0, 1]"),
         ("accuracy=nan", {}, "accuracy must be in (0, 1]"),
         ("accuracy=abc", {}, "accuracy: "),
-        ("guarantee=always", {}, "guarantee: "),
+        ("guarantee=always", {}, "guarantee must be one of"),
         ("path_over_targets=maybe", {}, "path_over_targets: "),
         ("", {"data": {"accuracy": "high"}}, "accuracy must be a number"),
-        ("", {"data": {"guarantee": "sure"}}, "guarantee must be pac or expected"),
+        ("", {"data": {"guarantee": "sure"}}, "guarantee must be one of"),
     ],
 )
 def test_bad_parameters_are_422_with_one_line(client, photos, query, kwargs, fragment):
     assert fragment in one_line_error(client.post(f"/v1/predict?{query}", files=files(photos[0]), **kwargs), 422)
+
+
+def test_pac_group_without_calibration_groups_is_422(client, photos):
+    # this test bundle stores no contributors: the facade refuses, the API says why in one line
+    r = client.post("/v1/predict?guarantee=pac-group", files=files(photos[0]))
+    assert "calibration groups" in one_line_error(r, 422)
+    assert client.post("/v1/predict", files=files(photos[0])).status_code == 200
 
 
 @pytest.mark.parametrize(

@@ -51,8 +51,10 @@ def server():
     thread.join(30)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture()
 def browser():
+    # One browser per test: a second page of one headless browser does not get
+    # keyboard activation of the file picker.
     with playwright_api.sync_playwright() as p:
         try:
             b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True)

@@ -122,5 +122,5 @@ class PredictJSON(BaseModel):
 
     images: list[Base64Image] = Field(min_length=1)
     accuracy: float | None = Field(None, description="target accuracy in (0, 1]; default 0.95")
-    guarantee: Literal["pac", "expected"] | None = None
+    guarantee: str | None = Field(None, description="pac (default), pac-group or expected")
     path_over_targets: bool | None = None

@@ -7,13 +7,11 @@ import base64
 import binascii
 import time
 from functools import partial
-from typing import Literal
-
 from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from hedged.classifier import check_accuracy
+from hedged.classifier import GUARANTEES, UncalibratedError, check_accuracy, check_guarantee
 from hedged.server.engine import DeadlineExceeded, NotReady, QueueFull
 from hedged.server.schemas import PredictJSON, PredictResponse, Problem
 from hedged.server.service import Upload, classify
@@ -28,7 +26,7 @@ _MULTIPART_SCHEMA = {
     "properties": {
         "images": {"type": "array", "items": {"type": "string", "format": "binary"}, "description": "one or more image files"},
         "accuracy": {"type": "number", "description": "target accuracy in (0, 1]; default 0.95"},
-        "guarantee": {"type": "string", "enum": ["pac", "expected"]},
+        "guarantee": {"type": "string", "enum": list(GUARANTEES)},
         "path_over_targets": {"type": "boolean"},
     },
 }
@@ -71,8 +69,6 @@ def _parse_form_value(name: str, text, kind):
         if low not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
             raise HTTPException(422, f"{name} must be true or false, got {text!r}")
         return low in ("true", "1", "yes", "on")
-    if text not in ("pac", "expected"):
-        raise HTTPException(422, f"guarantee must be pac or expected, got {text!r}")
     return text
 
 
@@ -146,7 +142,7 @@ async def _read_json(request: Request, settings):
 async def predict(
     request: Request,
     accuracy: float | None = Query(None, description="target accuracy in (0, 1]; default 0.95"),
-    guarantee: Literal["pac", "expected"] | None = Query(None, description="default: pac"),
+    guarantee: str | None = Query(None, description=f"one of {', '.join(GUARANTEES)}; default pac"),
     path_over_targets: bool | None = Query(
         None, description="add each photo's answer at every target in (0, 1] as `answer_path`"
     ),
@@ -170,6 +166,11 @@ async def predict(
     if engine is None:
         raise HTTPException(503, "the model is not loaded yet")
     guarantee_ = _one("guarantee", guarantee, params.get("guarantee"))
+    if guarantee_ is not None:
+        try:
+            check_guarantee(guarantee_)
+        except ValueError as err:
+            raise HTTPException(422, str(err)) from None
     with_path = bool(_one("path_over_targets", path_over_targets, params.get("path_over_targets")))
 
     deadline = started + settings.timeout
@@ -183,6 +184,8 @@ async def predict(
     except (asyncio.TimeoutError, DeadlineExceeded):
         future.cancel()  # still queued: the inference thread skips it
         raise HTTPException(504, f"no answer within the request deadline of {settings.timeout:g} s") from None
+    except UncalibratedError as err:  # e.g. pac-group with a bundle that stores no groups
+        raise HTTPException(422, " ".join(str(err).split())) from None
     n_err = sum("error" in r for r in records)
     state.metrics.images.labels("classified").inc(len(records) - n_err)
     state.metrics.images.labels("error").inc(n_err)
