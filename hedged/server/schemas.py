@@ -73,7 +73,7 @@ class PathStep(BaseModel):
 
     max_target: float
     node: str
-    name: str
+    display_name: str
     probability: float
     path: list[str]
 
@@ -88,7 +88,7 @@ class ImageResult(BaseModel):
     image: str
     error: str | None = None
     node: str | None = None
-    name: str | None = None
+    display_name: str | None = None
     path: list[str] | None = None
     depth: int | None = None
     probability: float | None = None
@@ -96,7 +96,7 @@ class ImageResult(BaseModel):
     leaves: list[str] | None = None
     labels: list[str] | None = None
     leaf_guess: str | None = None
-    leaf_guess_name: str | None = None
+    leaf_guess_display_name: str | None = None
     leaf_probability: float | None = None
     accuracy_target: float | None = None
     guarantee: str | None = None

@@ -35,7 +35,7 @@ function show(name) { return (displayNames && displayNames[name]) || name; }
 // (the last step is always the root at 1.0), as the library reads it.
 function answerAt(record, a) {
   const path = record.answer_path;
-  if (!path || !path.length) return {node: record.node, name: record.name, path: record.path, probability: record.probability};
+  if (!path || !path.length) return {node: record.node, display_name: record.display_name, path: record.path, probability: record.probability};
   return path.find((step) => a <= step.max_target) || path[path.length - 1];
 }
 
@@ -43,7 +43,7 @@ function render(card) {
   const {el, record} = card;
   if (!record || record.error) return;
   const ans = answerAt(record, target());
-  el.querySelector(".node").textContent = ans.name;
+  el.querySelector(".node").textContent = ans.display_name;
   el.querySelector(".prob").textContent = "p = " + pct(ans.probability);
   const ol = el.querySelector(".crumbs ol");
   ol.replaceChildren(...ans.path.map((node, i) => {
@@ -52,7 +52,7 @@ function render(card) {
     if (i === ans.path.length - 1) li.setAttribute("aria-current", "location");
     return li;
   }));
-  el.querySelector(".leaf-name").textContent = record.leaf_guess_name;
+  el.querySelector(".leaf-name").textContent = record.leaf_guess_display_name;
   el.querySelector(".leaf-prob").textContent = "p = " + pct(record.leaf_probability);
   el.dataset.node = ans.node;
 }
