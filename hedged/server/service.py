@@ -60,19 +60,16 @@ def classify(clf, uploads: list[Upload], accuracy: float, guarantee: str, with_p
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if images:
-            # predict() is predict_proba + predict_from_probs; split here because
-            # the path's probabilities need the posteriors.
-            probs = clf.predict_proba(images)
-            preds = clf.predict_from_probs(
-                probs, accuracy, guarantee, sources=[uploads[i].name for i in rows], path_over_targets=with_path
-            )
-            node_p = clf.node_proba(probs) if with_path else None
+            # The facade call predict.py makes (taxonomy check included).
+            preds = clf.predict(images, accuracy, guarantee, errors="collect", path_over_targets=with_path)
+            # The steps' probabilities need the posteriors: a second pass, only when a path is asked for.
+            node_p = clf.node_proba(clf.predict_proba(images)) if with_path else None
             for r, (i, pred) in enumerate(zip(rows, preds)):
                 records[i] = record = json_record(pred)
-                if with_path:
-                    for step in record["answer_path"]:
-                        step["probability"] = float(node_p[r, clf.taxonomy.node_index(step["node"])])
-                        step["path"] = list(clf.node(step["node"]).path)
+                record["image"] = uploads[i].name
+                for step in record.get("answer_path") or ():
+                    step["probability"] = float(node_p[r, clf.taxonomy.node_index(step["node"])])
+                    step["path"] = list(clf.node(step["node"]).path)
     messages = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))
     return records, messages
 
