@@ -58,10 +58,10 @@ class Gate:
     def __getattr__(self, name):
         return getattr(self._clf, name)
 
-    def predict_proba(self, *args, **kwargs):
+    def predict(self, *args, **kwargs):
         self.entered.set()
         assert self.release.wait(30), "test gate never released"
-        return self._clf.predict_proba(*args, **kwargs)
+        return self._clf.predict(*args, **kwargs)
 
 
 def client_for(clf, **settings) -> TestClient:
