@@ -170,6 +170,18 @@ def _cached(cfg, key, compute):
 # training
 
 
+def _fp16_summary(before, after, labels, log) -> dict:
+    """What casting the shipped weights to fp16 changed on validation (logged and stored)."""
+    check = {
+        "validation_top1_fp32": float(np.mean(before.argmax(1) == labels)),
+        "validation_top1_fp16": float(np.mean(after.argmax(1) == labels)),
+        "max_abs_logit_change": float(np.abs(before - after).max()),
+    }
+    log(f"fp16 weights: validation top-1 {check['validation_top1_fp32']:.4f} -> "
+        f"{check['validation_top1_fp16']:.4f}, max logit change {check['max_abs_logit_change']:.4f}")
+    return check
+
+
 @torch.inference_mode()
 def _tail_logits(tail, feats: np.ndarray, batch: int = 256) -> np.ndarray:
     """(N, k, C, H, W) fp16 maps -> (N, k, L) float32 logits."""
@@ -379,13 +391,7 @@ def _train_cached(cfg, model, front, shape, cut, preprocess, data, split, ids, y
             if v.is_floating_point():
                 v.copy_(v.half().float())
         after = _tail_logits(tail, feats["validation"])[:, 0]
-        fp16_check = {
-            "validation_top1_fp32": float(np.mean(before.argmax(1) == ys["validation"])),
-            "validation_top1_fp16": float(np.mean(after.argmax(1) == ys["validation"])),
-            "max_abs_logit_change": float(np.abs(before - after).max()),
-        }
-        log(f"fp16 weights: validation top-1 {fp16_check['validation_top1_fp32']:.4f} -> "
-            f"{fp16_check['validation_top1_fp16']:.4f}, max logit change {fp16_check['max_abs_logit_change']:.4f}")
+        fp16_check = _fp16_summary(before, after, ys["validation"], log)
 
     return history, best_epoch, fp16_check, t_cache, t_fit
 
@@ -548,14 +554,8 @@ def train(cfg: TrainConfig) -> dict:
     t_eval = time.perf_counter() - t_eval
     pos = {a: i for i, a in enumerate(all_angles)}
     if isinstance(fp16_check, dict) and "before" in fp16_check:
-        before, after = fp16_check["before"], logits["validation"][:, pos[0.0]]
-        fp16_check = {
-            "validation_top1_fp32": float(np.mean(before.argmax(1) == ys["validation"])),
-            "validation_top1_fp16": float(np.mean(after.argmax(1) == ys["validation"])),
-            "max_abs_logit_change": float(np.abs(before - after).max()),
-        }
-        log(f"fp16 weights: validation top-1 {fp16_check['validation_top1_fp32']:.4f} -> "
-            f"{fp16_check['validation_top1_fp16']:.4f}, max logit change {fp16_check['max_abs_logit_change']:.4f}")
+        fp16_check = _fp16_summary(fp16_check["before"], logits["validation"][:, pos[0.0]],
+                                   ys["validation"], log)
 
     # TTA set and temperature: chosen on validation only
     tta_table = []

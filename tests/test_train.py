@@ -1,52 +1,22 @@
 """train.py end to end on a tiny synthetic data set (64 px, 1 epoch: seconds)."""
 
-import csv
 import json
 
 import numpy as np
 import pytest
-from PIL import Image
 
+from _colours import make_colour_dataset
 from hedged.cli.train import main
 from hedged.models.bundle import load_bundle
 from hedged.models.inference import predict_probs
 
-TAXONOMY = """\
-format: hedged-taxonomy/1
-name: things
-children:
-  warm:
-    children:
-      red: {aliases: [Red]}
-      yellow: {aliases: [Yellow]}
-  blue: {aliases: [Blue]}
-"""
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*calibration samples cannot certify")
-
-COLORS = {"Red": (220, 30, 30), "Yellow": (230, 220, 40), "Blue": (30, 40, 220)}
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    (root / "images").mkdir()
-    rng = np.random.default_rng(0)
-    rows = []
-    for g in range(10):
-        for label, rgb in COLORS.items():
-            for j in range(2):
-                name = f"g{g}_{label}_{j}"
-                noise = rng.integers(-20, 20, size=(40, 48, 3))
-                Image.fromarray(np.clip(np.array(rgb) + noise, 0, 255).astype(np.uint8)).save(root / "images" / f"{name}.jpg")
-                rows.append((name, f"s{g}", label))
-        rows.append((f"g{g}_Red_0", f"s{g}", "Not sure"))  # no leaf: dropped and counted
-    with open(root / "images.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["image", "sender_id", "label"])
-        w.writerows(rows)
-    (root / "tax.yaml").write_text(TAXONOMY)
-    return root
+    return make_colour_dataset(tmp_path_factory.mktemp("data"), not_sure=True)
 
 
 @pytest.fixture(scope="module")
