@@ -426,21 +426,9 @@ def free_port() -> int:
 
 
 def test_real_server_drains_on_sigterm(clf, photos):
-    from hedged.server.runner import make_server
-
     gate = Gate(clf)
     settings = Settings(port=free_port(), log_level="warning")
-    server = make_server(settings, create_app(settings, loader=lambda: gate))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{settings.port}"
-    for _ in range(300):
-        try:
-            if httpx.get(f"{base}/readyz").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
+    server, thread, base = serve_in_thread(settings, create_app(settings, loader=lambda: gate))
     out = {}
     inflight = threading.Thread(
         target=lambda: out.setdefault("r", httpx.post(f"{base}/v1/predict", files=files(photos[0]), timeout=60))
@@ -464,10 +452,24 @@ def test_real_server_drains_on_sigterm(clf, photos):
         httpx.get(f"{base}/healthz")
 
 
-def wait_ready(base: str, proc, seconds: float = 120) -> None:
+def serve_in_thread(settings, app):
+    """A real uvicorn server in a daemon thread; ``(server, thread, base URL)`` once ready."""
+    from hedged.server.runner import make_server
+
+    server = make_server(settings, app)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://{settings.host}:{settings.port}"
+    wait_ready(base)
+    return server, thread, base
+
+
+def wait_ready(base: str, proc=None, seconds: float = 120) -> None:
+    """Poll ``/readyz`` until it answers 200; ``proc``: a server subprocess that must stay up."""
     end = time.monotonic() + seconds
     while time.monotonic() < end:
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else "server exited"
+        if proc is not None:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else "server exited"
         try:
             if httpx.get(f"{base}/readyz").status_code == 200:
                 return

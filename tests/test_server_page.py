@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import os
-import threading
-import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -18,13 +16,11 @@ CHROMIUM = Path(os.environ.get("HEDGED_CHROMIUM", "/usr/bin/chromium"))
 if not CHROMIUM.is_file():
     pytest.skip(f"no chromium at {CHROMIUM}: apt-get install chromium to run the browser tests", allow_module_level=True)
 
-import httpx  # noqa: E402
 
 from hedged import HedgedClassifier  # noqa: E402
 from hedged.server import Settings, create_app  # noqa: E402
-from hedged.server.runner import make_server  # noqa: E402
 from test_facade_helpers import cached_bundle  # noqa: E402
-from test_server import free_port  # noqa: E402
+from test_server import free_port, serve_in_thread  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((REPO / "examples").glob("*.jpg"))
@@ -35,17 +31,7 @@ LOOPBACK = "127.0.0.1"
 def server():
     clf = HedgedClassifier.from_bundle(cached_bundle(leaves=(0, 1)))  # a leaf at low targets, "Animal" at 0.95
     settings = Settings(host=LOOPBACK, port=free_port(), log_level="warning")
-    srv = make_server(settings, create_app(settings, loader=lambda: clf))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    base = f"http://{LOOPBACK}:{settings.port}"
-    for _ in range(600):
-        try:
-            if httpx.get(f"{base}/readyz").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
+    srv, thread, base = serve_in_thread(settings, create_app(settings, loader=lambda: clf))
     yield base
     srv.should_exit = True
     thread.join(30)
