@@ -230,6 +230,16 @@ def test_cli_json_and_text_for_photos_outside(bundles, tmp_path, capsys):
     assert row["in_taxonomy"] is True and row["node"] == "animal"
 
 
+def test_text_answer_outside_the_taxonomy_still_shows_warnings(bundles, tmp_path, capsys):
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), (10, 200, 10)).save(tmp_path / "tiny.png")
+    code, out, err = _cli(capsys, tmp_path / "tiny.png", "--model", bundles["reject"])
+    assert code == 0, err
+    assert "not things" in out
+    assert "warning:" in out and "8x8" in out
+
+
 # ---------------------------------------------------------------- the shipped bundle
 REPO = Path(__file__).resolve().parents[1]
 NOT_CLOTHING = REPO / "tests" / "fixtures" / "not_clothing" / "eval"

@@ -167,6 +167,7 @@ def _print_text(console, pred, clf, explanation=None) -> None:
     if node is None:  # judged outside the taxonomy
         console.print(f"  answer      [bold red]{escape(outside_name(tax))}[/bold red]  [dim](score {pred.taxonomy_score:.2f})[/dim]")
         console.print(f"  leaf guess  [dim]{escape(leaf.display_name)} {format_share(pred.leaf_probability)} if it were[/dim]")
+        _print_notes(console, pred, explanation)
         return
     if node.name == tax.root and not node.is_leaf:
         # The root says nothing by itself: say that the model is not sure, and what it would guess.
@@ -184,6 +185,13 @@ def _print_text(console, pred, clf, explanation=None) -> None:
         else:
             console.print(f"  leaf guess  {_leaf_line(pred)}")
     console.print(f"  probability {format_share(pred.probability)}   info gain {pred.info_gain:.2f}")
+    _print_notes(console, pred, explanation)
+
+
+def _print_notes(console, pred, explanation) -> None:
+    """Warnings and the explanation's path: under every kind of answer, outside the taxonomy too."""
+    from rich.markup import escape
+
     for note in getattr(pred, "warnings", ()):
         console.print(f"  [yellow]warning:[/yellow] {escape(note)}")
     if explanation is not None:
