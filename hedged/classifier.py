@@ -766,15 +766,35 @@ class HedgedClassifier:
         )
 
     def _torch_model(self):
-        """The differentiable model for explanations, and a note when it is not the answering one."""
+        """The differentiable model for explanations, and a note when it is not the answering one.
+
+        An ONNX bundle cannot be differentiated; its manifest names the torch
+        bundle it was exported from (``provenance.exported_from``). When that
+        bundle is found (beside it, as exported, or at the recorded path) and its
+        weights are the ones exported, its model draws the maps.
+        """
         if self.model is None or self.preprocess is None:
             raise UncalibratedError("this HedgedClassifier has no image model: use from_bundle()")
         if callable(getattr(self.model, "parameters", None)) and callable(getattr(self.model, "register_forward_hook", None)):
             return self.model, None
-        raise ExplainUnavailableError(
-            "explanations need a torch model bundle (an ONNX model cannot be differentiated): "
-            "pass a torch bundle with --model DIR"
-        )
+        cached = getattr(self, "_explain_source", None)
+        if cached is not None:
+            return cached
+        source = _export_source(getattr(self, "bundle_", None))
+        if source is None:
+            raise ExplainUnavailableError(
+                "explanations need a torch model bundle (an ONNX model cannot be differentiated) and "
+                "this bundle's torch source was not found: pass a torch bundle with --model DIR"
+            )
+        from hedged.models.bundle import load_bundle
+
+        src = load_bundle(source)
+        precision = (getattr(self.bundle_, "manifest", {}) or {}).get("onnx", {}).get("precision", "")
+        note = f"maps drawn by the torch model this ONNX bundle was exported from ({source})"
+        if "int8" in precision:
+            note += "; the answer and probabilities are the int8 model's"
+        self._explain_source = (src.model, note)
+        return self._explain_source
 
     def __repr__(self) -> str:
         calibrated = hasattr(self, "calibration_probs_")
@@ -782,3 +802,35 @@ class HedgedClassifier:
             f"HedgedClassifier({self.taxonomy!r}, guarantee={self.guarantee!r}, "
             f"tta_angles=[{format_angles(self.tta_angles)}], calibrated={calibrated})"
         )
+
+
+def _export_source(bundle):
+    """The torch bundle an ONNX bundle was exported from, if present with the exported weights; else None.
+
+    Looked for at ``exported_from.relative_path`` (from the ONNX bundle, so that
+    both survive being installed or copied together), then at the recorded
+    ``exported_from.bundle`` path. The weights file must have the recorded
+    sha256: a retrained source would explain another model.
+    """
+    from pathlib import Path
+
+    from hedged.models.data import sha256_file
+
+    manifest = getattr(bundle, "manifest", None) or {}
+    origin = (manifest.get("provenance") or {}).get("exported_from") or {}
+    want = origin.get("weights_sha256")
+    if not want or getattr(bundle, "path", None) is None:
+        return None
+    candidates = []
+    if origin.get("relative_path"):
+        candidates.append(Path(bundle.path) / origin["relative_path"])
+    if origin.get("bundle"):
+        candidates.append(Path(origin["bundle"]))
+    for cand in candidates:
+        weights = cand / "weights.pt"
+        try:
+            if weights.is_file() and sha256_file(weights) == want:
+                return cand.resolve()
+        except OSError:
+            continue
+    return None

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import shutil
 import tempfile
 import warnings
@@ -407,6 +408,8 @@ def export_bundle(
             **bundle.provenance,
             "exported_from": {
                 "bundle": str(source),
+                # Found again from the export wherever the two are copied or installed together.
+                "relative_path": os.path.relpath(source.resolve(), out.resolve()),
                 "weights_sha256": src_manifest["files"].get("weights.pt"),
                 "manifest_sha256": sha256_file(source / MANIFEST),
                 "test_metrics": bundle.metrics.get("test"),

@@ -162,6 +162,45 @@ def test_int8_export_is_quantized_and_calibrated_through_its_own_file(setup):
     assert 0.0 <= test["top1_agreement_with_source"] <= 1.0 and "pac@0.95" in test["hedged"]
 
 
+def test_an_onnx_bundle_is_explained_through_its_torch_source(setup, tmp_path):
+    pytest.importorskip("captum")
+    # Copied together, the export finds its source by the relative path it recorded.
+    pair = tmp_path / "pair"
+    shutil.copytree(setup["src"], pair / "torch")
+    shutil.copytree(setup["int8"], pair / "int8")
+    _rewrite_manifest(pair / "int8", lambda m: m["provenance"]["exported_from"].update(bundle="/nonexistent"))
+    onnx_clf = HedgedClassifier.from_bundle(pair / "int8", threads=1)
+    torch_clf = HedgedClassifier.from_bundle(setup["src"])
+    photo = FIXTURES[0]
+    e = onnx_clf.explain(photo, node="animal")
+    ref = torch_clf.explain(photo, node="animal")
+    assert "exported from" in e.note and "int8" in e.note and str((pair / "torch").resolve()) in e.note
+    # Children are ordered by the answering model's probabilities, which int8 moves: match by name.
+    names = [n.name for n in ref.nodes]
+    assert sorted(n.name for n in e.nodes) == sorted(names)
+    for k, n in enumerate(e.nodes):  # the same torch model drew them
+        np.testing.assert_allclose(e.maps[k], ref.maps[names.index(n.name)], atol=1e-5)
+    # the probabilities and the answer are the int8 model's own
+    assert np.allclose(e.probabilities[0], onnx_clf.node_proba(onnx_clf.predict_proba([photo]))[0][
+        onnx_clf.taxonomy.node_index("animal")])
+
+
+def test_an_onnx_bundle_without_its_exact_source_cannot_be_explained(setup, tmp_path):
+    from hedged.classifier import ExplainUnavailableError
+
+    alone = _copy(setup["fp32"], tmp_path)  # the recorded absolute path still finds the source
+    assert HedgedClassifier.from_bundle(alone, threads=1)._torch_model()[1] is not None
+    _rewrite_manifest(alone, lambda m: m["provenance"]["exported_from"].update(
+        bundle=str(tmp_path / "gone"), relative_path="../gone"))
+    with pytest.raises(ExplainUnavailableError, match="torch source was not found"):
+        HedgedClassifier.from_bundle(alone, threads=1).explain(FIXTURES[0])
+    # a source whose weights are not the exported ones (retrained since) is not used
+    _rewrite_manifest(alone, lambda m: m["provenance"]["exported_from"].update(
+        bundle=str(setup["src"]), weights_sha256="0" * 64))
+    with pytest.raises(ExplainUnavailableError, match="torch source was not found"):
+        HedgedClassifier.from_bundle(alone, threads=1).explain(FIXTURES[0])
+
+
 def test_export_refuses_data_with_another_hash(setup, tmp_path):
     from hedged.models.export import export_bundle
 

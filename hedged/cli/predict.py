@@ -67,8 +67,10 @@ two most probable children (what the model could not decide between); for a
 leaf answer, the two most probable other leaves (what it ruled out). JSON
 records gain "explanation": the PNG's path. Grad-CAM takes about a second per
 image on a CPU; --explain-method ig (integrated gradients) tens of seconds.
-Photos judged outside the taxonomy get "explanation": null. Needs a torch
-model bundle (ONNX models cannot be differentiated).
+Photos judged outside the taxonomy get "explanation": null. ONNX models
+cannot be differentiated: an ONNX bundle is explained by the torch bundle it
+was exported from when that is found beside it with the exported weights
+(a note says so), else --explain needs a torch bundle (--model DIR).
 
 exit status: 0 all images classified; 1 at least one input could not be read
 (or matched nothing); 2 usage error (bad --accuracy, missing model, TTA the
