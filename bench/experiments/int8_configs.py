@@ -46,6 +46,14 @@ CONFIGS = {
     "u8s8-percentile-rr-fp32-ends-depthwise": dict(activation="QUInt8", calibrate="Percentile", reduce_range=True,
                                                    exclude=[r"_conv_stem/", r"_conv_head/", r"_fc/",
                                                             r"_depthwise_conv/"]),
+    # Only the convolutions and the classifier int8: residual Adds, pooling and the outputs stay fp32.
+    "u8s8-minmax-rr-convs-only": dict(activation="QUInt8", calibrate="MinMax", reduce_range=True,
+                                      op_types=["Conv", "Gemm"]),
+    "u8s8-minmax-rr-convs-only-fp32-ends-depthwise": dict(
+        activation="QUInt8", calibrate="MinMax", reduce_range=True, op_types=["Conv", "Gemm"],
+        exclude=[r"_conv_stem/", r"_conv_head/", r"_fc/", r"_depthwise_conv/"]),
+    "u8s8-minmax-rr-fp32-head-depthwise": dict(activation="QUInt8", calibrate="MinMax", reduce_range=True,
+                                               exclude=[r"_conv_head/", r"_fc/", r"_depthwise_conv/"]),
 }
 
 
@@ -132,6 +140,7 @@ def main(argv=None) -> int:
                 calibrate_method=getattr(CalibrationMethod, cfg["calibrate"]),
                 reduce_range=cfg.get("reduce_range", False),
                 nodes_to_exclude=excluded_nodes(prep, cfg.get("exclude", [])),
+                op_types_to_quantize=cfg.get("op_types"),
             )
             tq = time.perf_counter() - t0
             t0 = time.perf_counter()
