@@ -121,9 +121,14 @@ class Engine:
                 fut.set_exception(DeadlineExceeded("the request waited past its deadline"))
                 continue
             self._busy = 1
+            error = None
             try:
-                fut.set_result(fn(self.classifier))
+                result = fn(self.classifier)
             except BaseException as err:  # noqa: BLE001 - handed to the waiting request
-                fut.set_exception(err)
-            finally:
-                self._busy = 0
+                error = err
+            # Idle before the request wakes: it may read the depth at once (/metrics after a reply).
+            self._busy = 0
+            if error is None:
+                fut.set_result(result)
+            else:
+                fut.set_exception(error)
