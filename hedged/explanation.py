@@ -127,6 +127,15 @@ class Explanation:
         """Write the figure as a PNG."""
         self.figure().savefig(path, format="png", dpi=100, facecolor="white")
 
+    def heatmap_rgba(self, k: int) -> np.ndarray:
+        """The overlay of ``maps[k]`` as drawn on the photo in :meth:`figure`, as pixels.
+
+        Returns ``(H, W, 4)`` uint8 on ``image``'s pixels: jet colours, opacity
+        following the heat, fully transparent where the model saw nothing (NaN).
+        The HTTP API sends these, so that its overlays and the PNG cannot differ.
+        """
+        return np.round(255 * _overlay(self.maps[k], self.method)).astype(np.uint8)
+
     def _photo_title(self) -> str:
         p = self.prediction
         name = "photo" if self.source is None else _basename(self.source)
@@ -142,13 +151,7 @@ class Explanation:
         ax.imshow(self.image, aspect="auto", interpolation="bilinear")
         if heat is None:
             return
-        from matplotlib import colormaps
-
-        shown = _display_scale(heat, self.method)
-        rgba = colormaps["jet"](np.nan_to_num(shown))
-        # Opacity follows the heat, so that cold regions keep the photo readable; NaN (unseen) is clear.
-        rgba[..., 3] = np.where(np.isfinite(shown), 0.2 + 0.45 * np.nan_to_num(shown), 0.0)
-        ax.imshow(rgba, aspect="auto", interpolation="bilinear")
+        ax.imshow(_overlay(heat, self.method), aspect="auto", interpolation="bilinear")
         seen = np.isfinite(heat)
         if not seen.all() and seen.any():
             # Outline what the model saw (a centre crop of the photo).
@@ -159,6 +162,17 @@ class Explanation:
                                    fill=False, edgecolor="white", linestyle="--", linewidth=1.0))
 
 
+def _overlay(heat: np.ndarray, method: str) -> np.ndarray:
+    """``(H, W, 4)`` float RGBA in [0, 1] to lay over the photo."""
+    from matplotlib import colormaps
+
+    shown = _display_scale(heat, method)
+    rgba = colormaps["jet"](np.nan_to_num(shown))
+    # Opacity follows the heat, so that cold regions keep the photo readable; NaN (unseen) is clear.
+    rgba[..., 3] = np.where(np.isfinite(shown), 0.2 + 0.45 * np.nan_to_num(shown), 0.0)
+    return rgba
+
+
 def _display_scale(heat: np.ndarray, method: str) -> np.ndarray:
     """Map values to [0, 1] for colouring: each panel by its own maximum (Grad-CAM) or
     99th percentile of the positive evidence (integrated gradients, which is spiky)."""
@@ -167,7 +181,8 @@ def _display_scale(heat: np.ndarray, method: str) -> np.ndarray:
     if finite.size == 0:
         return pos
     top = float(finite.max()) if method == "gradcam" else float(np.percentile(finite, 99))
-    return pos / top if top > 0 else np.zeros_like(pos)
+    # No positive evidence anywhere: the floor opacity where seen; unseen pixels stay NaN (clear) either way.
+    return pos / top if top > 0 else np.where(np.isfinite(pos), 0.0, np.nan)
 
 
 def _pct(p: float) -> str:

@@ -306,6 +306,31 @@ def test_explain_refuses_a_model_without_gradients(clf):
         onnx_like.explain(REPO / "examples" / "polo.jpg")
 
 
+def test_heatmap_rgba_is_the_figures_overlay(tmp_path):
+    """The pixels the HTTP API sends (heatmap_rgba) are the overlay the PNG draws; unseen pixels are clear."""
+    import dataclasses
+
+    tiny = HedgedClassifier.from_bundle(cached_bundle(leaves=(0, 1)))
+    expl = tiny.explain(write_images(tmp_path, n=1)[0])
+    # The tiny model's Grad-CAM is flat zero: draw ramps instead (none, x, 2x), the left columns unseen (a crop).
+    k_, h, w = expl.maps.shape
+    maps = np.linspace(0, 1, w, dtype=np.float32)[None, None, :] * np.arange(k_, dtype=np.float32)[:, None, None]
+    maps = np.repeat(maps, h, axis=1)
+    maps[:, :, :5] = np.nan
+    expl = dataclasses.replace(expl, maps=maps)
+    fig = expl.figure()
+    for k in range(len(expl.nodes)):
+        rgba = expl.heatmap_rgba(k)
+        assert rgba.shape == (h, w, 4) and rgba.dtype == np.uint8
+        assert (rgba[:, :5, 3] == 0).all() and (rgba[:, 5:, 3] >= round(0.2 * 255)).all()
+        # the hottest pixel is scaled to its panel's maximum; a map without evidence is faint everywhere
+        hottest = 0.65 if np.nanmax(maps[k]) > 0 else 0.2
+        assert rgba[:, 5:, 3].max() == round(hottest * 255)
+        # panel k + 1 shows the photo, then the overlay
+        drawn = fig.axes[k + 1].images[1].get_array()
+        np.testing.assert_allclose(rgba / 255.0, np.asarray(drawn), atol=0.5 / 255)
+
+
 # ---------------------------------------------------------------------------- predict.py --explain
 
 
