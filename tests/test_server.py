@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import copy
+import io
 import json
 import logging
 import math
@@ -15,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("fastapi")
@@ -387,10 +390,14 @@ def test_draining_refuses_new_work(clf):
 
 def test_openapi_docs_and_page_use_no_outside_resources(client):
     schema = client.get("/openapi.json").json()
-    assert {"/healthz", "/readyz", "/v1/model", "/v1/taxonomy", "/v1/predict", "/metrics"} <= set(schema["paths"])
+    assert {"/healthz", "/readyz", "/v1/model", "/v1/taxonomy", "/v1/predict", "/v1/explain", "/metrics"} <= set(schema["paths"])
     body = schema["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
     assert set(body) == {"multipart/form-data", "application/json"}
     assert "PredictJSON" in schema["components"]["schemas"]
+    explain = schema["paths"]["/v1/explain"]["post"]
+    assert set(explain["requestBody"]["content"]) == {"multipart/form-data", "application/json"}
+    assert "ExplainJSON" in schema["components"]["schemas"] and {"200", "501"} <= set(explain["responses"])
+    assert "image/png" in explain["responses"]["200"]["content"]
     docs = client.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
     page = client.get("/")
@@ -416,6 +423,140 @@ def test_static_assets_ship_in_the_wheel(tmp_path):
     for name in ("index.html", "app.js", "app.css"):
         assert f"hedged/server/static/{name}" in names
     assert "hedged/server/routers/predict.py" in names and "hedged/cli/serve.py" in names
+
+
+# ---------------------------------------------------------------- POST /v1/explain
+def image_field(path):
+    return files(path, field="image")
+
+
+def decode_heatmap(url: str):
+    from PIL import Image
+
+    head, _, data = url.partition(",")
+    assert head == "data:image/png;base64"
+    return Image.open(io.BytesIO(base64.b64decode(data)))
+
+
+def test_explain_json_is_the_librarys_explanation(client, clf, photos):
+    photo = photos[0]
+    r = client.post("/v1/explain", files=image_field(photo))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    want = clf.explain(io.BytesIO(photo.read_bytes()), accuracy=0.95)
+    # the answer is predict.py --json's record; the explained node is that answer
+    answer = client.post("/v1/predict", files=files(photo)).json()["results"][0]
+    assert close(body["answer"], answer)
+    assert (body["image"], body["method"], body["answer"]["image"]) == (photo.name, "gradcam", photo.name)
+    assert body["explained"][0]["node"] == body["answer"]["node"] == want.node.name == "animal"
+    assert [e["node"] for e in body["explained"]] == [n.name for n in want.nodes]
+    assert [e["display_name"] for e in body["explained"]] == [n.display_name for n in want.nodes]
+    assert [e["role"] for e in body["explained"]] == list(want.roles) == ["node", "child", "child"]
+    assert [e["probability"] for e in body["explained"]] == pytest.approx(list(want.probabilities), rel=1e-6)
+    assert "note" not in body  # a torch bundle explains itself
+    # each heat map: a transparent PNG of the photo's size, the library's overlay pixel for pixel
+    h, w = want.image.shape[:2]
+    assert (body["width"], body["height"]) == (w, h)
+    for k, e in enumerate(body["explained"]):
+        png = decode_heatmap(e["heatmap"])
+        assert png.format == "PNG" and png.mode == "RGBA" and png.size == (w, h)
+        pixels = np.asarray(png)
+        np.testing.assert_allclose(pixels.astype(int), want.heatmap_rgba(k).astype(int), atol=2)
+        assert (pixels[..., 3] > 0).all()  # this bundle resizes without a crop: every pixel was seen
+
+
+def test_explain_node_accuracy_and_json_body(client, clf, photos):
+    photo = photos[1]
+    r = client.post("/v1/explain", params={"node": "animal.dog", "accuracy": 0.6}, files=image_field(photo))
+    body = r.json()
+    assert [e["node"] for e in body["explained"]][0] == "animal.dog"
+    assert [e["role"] for e in body["explained"]] == ["node", "alternative", "alternative"]
+    assert body["answer"]["accuracy_target"] == 0.6
+    assert body["answer"]["node"] == clf.predict(photo, accuracy=0.6)[0].node.name
+    # the same request as JSON (what mobile clients send), parameters in the body
+    as_json = client.post("/v1/explain", json={
+        "image": {"filename": photo.name, "data": base64.b64encode(photo.read_bytes()).decode()},
+        "node": "animal.dog", "accuracy": 0.6,
+    })
+    assert as_json.status_code == 200 and close(as_json.json()["answer"], body["answer"])
+    assert [e["probability"] for e in as_json.json()["explained"]] == pytest.approx(
+        [e["probability"] for e in body["explained"]])
+
+
+def test_explain_png_is_predict_py_s_figure(client, clf, photos):
+    from PIL import Image
+
+    want = io.BytesIO()
+    clf.explain(io.BytesIO(photos[0].read_bytes())).save(want)
+    want = Image.open(want)
+    for kwargs in ({"headers": {"accept": "image/png"}}, {"params": {"format": "png"}}):
+        r = client.post("/v1/explain", files=image_field(photos[0]), **kwargs)
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+        got = Image.open(io.BytesIO(r.content))
+        assert got.format == "PNG" and got.size == want.size  # the 2 x 2 sheet, in the photo's ratio
+    assert client.post("/v1/explain", files=image_field(photos[0]),
+                       headers={"accept": "application/json"}).headers["content-type"] == "application/json"
+
+
+@pytest.mark.parametrize(
+    "query, kwargs, status, fragment",
+    [
+        ("node=animal.bird", {}, 422, "unknown node 'animal.bird'"),
+        ("method=integrated_gradients", {}, 422, "about a minute per photo"),
+        ("method=ig", {}, 422, "predict.py"),
+        ("method=lime", {}, 422, "method must be gradcam"),
+        ("accuracy=2", {}, 422, "accuracy must be in (0, 1]"),
+        ("guarantee=always", {}, 422, "guarantee must be one of"),
+        ("format=gif", {}, 422, "format must be json or png"),
+        ("", {"data": {"node": "x"}, "files": files(EXAMPLES[0], field="images")}, 422, "no file in the multipart field 'image'"),
+        ("", {"files": files(EXAMPLES[0], EXAMPLES[1], field="image")}, 422, "exactly one file"),
+        ("", {"json": {"image": {"data": "***"}}}, 422, "not valid base64"),
+        ("", {"json": {"images": []}}, 422, "image"),
+        ("", {"content": b"hello", "headers": {"content-type": "text/plain"}}, 415, "multipart/form-data"),
+    ],
+)
+def test_explain_bad_requests_are_one_line(client, query, kwargs, status, fragment):
+    kwargs = kwargs if "files" in kwargs or "json" in kwargs or "content" in kwargs else {**kwargs, "files": image_field(EXAMPLES[0])}
+    assert fragment in one_line_error(client.post(f"/v1/explain?{query}", **kwargs), status)
+
+
+def test_explain_unreadable_photo_is_422_naming_it(client, photos):
+    assert "corrupt.jpg" in one_line_error(client.post("/v1/explain", files=image_field(photos[-1])), 422)
+    assert client.post("/v1/explain", files=image_field(photos[0])).status_code == 200
+
+
+def test_explain_model_without_gradients_is_501(clf, photos):
+    onnx_like = copy.copy(clf)
+    onnx_like.model = object()  # what an ONNX Runtime session looks like to the facade
+    with client_for(onnx_like) as c:
+        ready(c)
+        assert "torch model bundle" in one_line_error(c.post("/v1/explain", files=image_field(photos[0])), 501)
+
+
+def test_explain_limits_deadline_and_metrics(clf, photos):
+    big = max(photos[:3], key=lambda p: p.stat().st_size)
+    with client_for(clf, max_image_bytes=big.stat().st_size - 1) as c:
+        ready(c)
+        assert "over the limit" in one_line_error(c.post("/v1/explain", files=image_field(big)), 413)
+    gate = ExplainGate(clf)
+    with client_for(gate, timeout=0.5) as c:
+        ready(c)
+        assert "deadline" in one_line_error(c.post("/v1/explain", files=image_field(photos[0])), 504)
+        gate.release.set()
+        assert c.post("/v1/explain", files=image_field(photos[0])).status_code == 200
+        c.post("/v1/explain", files=image_field(photos[-1]))
+        samples = {(s.name, tuple(s.labels.items())): s.value
+                   for f in text_string_to_metric_families(c.get("/metrics").text) for s in f.samples}
+    assert samples[("hedged_explanations_total", (("outcome", "explained"),))] == 1
+    assert samples[("hedged_explanations_total", (("outcome", "error"),))] == 1
+    assert samples[("hedged_http_requests_total", (("method", "POST"), ("route", "/v1/explain"), ("status", "504")))] == 1
+
+
+class ExplainGate(Gate):
+    def explain(self, *args, **kwargs):
+        self.entered.set()
+        assert self.release.wait(30), "test gate never released"
+        return self._clf.explain(*args, **kwargs)
 
 
 # ---------------------------------------------------------------- a real server on loopback

@@ -16,9 +16,9 @@ from starlette.exceptions import HTTPException
 
 from hedged.server.engine import Engine
 from hedged.server.observability import Metrics, ServingMiddleware
-from hedged.server.routers import health, metrics, model, page, predict
+from hedged.server.routers import explain, health, metrics, model, page, predict
 from hedged.server.routers.page import DOCS_ASSETS, STATIC, swagger_ui_dir
-from hedged.server.schemas import PredictJSON
+from hedged.server.schemas import ExplainJSON, PredictJSON
 from hedged.server.settings import Settings
 
 DESCRIPTION = """\
@@ -87,7 +87,7 @@ def create_app(settings: Settings | None = None, *, loader=None) -> FastAPI:
     app.state.cache = {}
     app.state.engine = None
 
-    for router in (health.router, model.router, predict.router, metrics.router, page.router):
+    for router in (health.router, model.router, predict.router, explain.router, metrics.router, page.router):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     assets = swagger_ui_dir()
@@ -96,14 +96,16 @@ def create_app(settings: Settings | None = None, *, loader=None) -> FastAPI:
     app.add_middleware(ServingMiddleware, state=app.state)
 
     def openapi():
-        # /v1/predict parses its body itself (multipart or JSON), so FastAPI
-        # does not see PredictJSON: add it to the schema the route refers to.
+        # /v1/predict and /v1/explain parse their bodies themselves (multipart or
+        # JSON), so FastAPI does not see their JSON models: add them to the schema
+        # the routes refer to.
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-            body = PredictJSON.model_json_schema(ref_template="#/components/schemas/{model}")
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            components.update(body.pop("$defs", {}))
-            components["PredictJSON"] = body
+            for model_ in (PredictJSON, ExplainJSON):
+                body = model_.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(body.pop("$defs", {}))
+                components[model_.__name__] = body
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -29,6 +29,10 @@ class Metrics:
             "hedged_images", "Images answered, by outcome (classified or error)", ["outcome"],
             registry=self.registry,
         )
+        self.explanations = Counter(
+            "hedged_explanations", "Photos explained (POST /v1/explain), by outcome (explained or error)", ["outcome"],
+            registry=self.registry,
+        )
         self.in_flight = Gauge("hedged_http_requests_in_flight", "Requests being handled", registry=self.registry)
         self.queue_depth = Gauge(
             "hedged_queue_depth", "Inference jobs waiting or running", registry=self.registry

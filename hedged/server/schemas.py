@@ -124,3 +124,41 @@ class PredictJSON(BaseModel):
     accuracy: float | None = Field(None, description="target accuracy in (0, 1]; default 0.95")
     guarantee: str | None = Field(None, description="pac (default), pac-group or expected")
     path_over_targets: bool | None = None
+
+
+class ExplainedNode(BaseModel):
+    """One heat map: the explained node, or a child / ruled-out leaf competing with it."""
+
+    node: str
+    display_name: str
+    role: Literal["node", "child", "alternative"] = Field(
+        description="`node` (the explained node, first), `child` (its most probable children) or, "
+        "for a leaf, `alternative` (the most probable other leaves)"
+    )
+    probability: float = Field(description="the node's posterior (sum of its leaves', with the answer's TTA)")
+    heatmap: str = Field(
+        description="`data:image/png;base64,...`: a transparent RGBA PNG of `width` x `height` to lay over "
+        "the photo (the overlay of predict.py --explain's panels; clear where the model saw nothing)"
+    )
+
+
+class ExplainResponse(BaseModel):
+    image: str = Field(description="the uploaded file name")
+    method: Literal["gradcam"]
+    answer: ImageResult = Field(description="the object `predict.py --json` prints for the photo")
+    explained: list[ExplainedNode]
+    width: int = Field(description="heat maps' width: the photo, upright, longer side at most 512")
+    height: int
+    note: str | None = Field(None, description="set when the maps come from another model than the answering one")
+
+
+class ExplainJSON(BaseModel):
+    """The JSON body of ``POST /v1/explain``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: Base64Image
+    accuracy: float | None = Field(None, description="target accuracy in (0, 1]; default 0.95")
+    node: str | None = Field(None, description="taxonomy node to explain; default the answer at `accuracy`")
+    guarantee: str | None = Field(None, description="pac (default), pac-group or expected")
+    method: str | None = Field(None, description="gradcam (the only one served)")

@@ -8,6 +8,7 @@ cannot drift apart.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import sys
@@ -20,6 +21,7 @@ import numpy as np
 from hedged.classifier import GUARANTEES
 from hedged.cli.predict import json_record
 from hedged.results import Prediction
+
 
 @dataclass(frozen=True)
 class Upload:
@@ -72,6 +74,53 @@ def classify(clf, uploads: list[Upload], accuracy: float, guarantee: str, with_p
                     step["path"] = list(clf.node(step["node"]).path)
     messages = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))
     return records, messages
+
+
+def explain(clf, upload: Upload, accuracy: float, node: str | None, guarantee: str, method: str):
+    """The library's :class:`~hedged.explanation.Explanation` of one upload (on the inference thread)."""
+    return clf.explain(_named_stream(upload), node=node, accuracy=accuracy, method=method, guarantee=guarantee)
+
+
+def explanation_png(expl) -> bytes:
+    """The 2 x 2 picture ``predict.py --explain`` writes."""
+    buf = io.BytesIO()
+    expl.save(buf)
+    return buf.getvalue()
+
+
+def _png_data_url(rgba: np.ndarray) -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def explanation_record(expl, name: str) -> dict:
+    """``POST /v1/explain``'s JSON: the answer record and one transparent overlay per node."""
+    answer = json_record(expl.prediction)
+    answer["image"] = name
+    height, width = expl.image.shape[:2]
+    out = {
+        "image": name,
+        "method": expl.method,
+        "answer": answer,
+        "explained": [
+            {
+                "node": n.name,
+                "display_name": n.display_name,
+                "role": role,
+                "probability": float(p),
+                "heatmap": _png_data_url(expl.heatmap_rgba(k)),
+            }
+            for k, (n, role, p) in enumerate(zip(expl.nodes, expl.roles, expl.probabilities))
+        ],
+        "width": int(width),
+        "height": int(height),
+    }
+    if expl.note:
+        out["note"] = expl.note
+    return out
 
 
 def _version(dist: str) -> str | None:

@@ -1,0 +1,197 @@
+"""``POST /v1/explain``: heat maps of why a photo got its answer (Grad-CAM)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import time
+from functools import partial
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import Response
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from hedged.classifier import GUARANTEES, ExplainUnavailableError, UncalibratedError, check_accuracy, check_guarantee
+from hedged.models import ImageLoadError
+from hedged.server.engine import DeadlineExceeded, NotReady, QueueFull
+from hedged.server.routers.predict import DEFAULT_ACCURACY, _ERRORS, _one, _parse_form_value, validation_message
+from hedged.server.schemas import ExplainJSON, ExplainResponse, Problem
+from hedged.server.service import Upload, explain, explanation_png, explanation_record
+
+router = APIRouter(prefix="/v1", tags=["explain"])
+
+# Integrated gradients cost tens of forward-backward passes per node and view:
+# far past a request deadline on a CPU, so the server offers Grad-CAM only.
+SERVED_METHOD = "gradcam"
+_OTHER_METHODS = (
+    "integrated gradients take about a minute per photo and are offered by the library "
+    "(clf.explain(image, method='integrated_gradients')) and predict.py --explain-method ig"
+)
+
+_PARAMS = {
+    "accuracy": {"type": "number", "description": "target accuracy in (0, 1]; default 0.95"},
+    "node": {"type": "string", "description": "taxonomy node to explain; default the answer at `accuracy`"},
+    "guarantee": {"type": "string", "enum": list(GUARANTEES)},
+    "method": {"type": "string", "enum": [SERVED_METHOD]},
+}
+_MULTIPART_SCHEMA = {
+    "type": "object",
+    "required": ["image"],
+    "properties": {"image": {"type": "string", "format": "binary", "description": "one image file"}, **_PARAMS},
+}
+
+_RESPONSES = {
+    200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+          "description": "JSON, or with `Accept: image/png` / `format=png` the 2 x 2 PNG of predict.py --explain"},
+    **{code: spec for code, spec in _ERRORS.items() if code != 422},
+    422: {"model": Problem, "description": "bad parameters, unknown node, another method than gradcam, "
+                                           "an image that cannot be read"},
+    501: {"model": Problem, "description": "this model cannot be explained (an ONNX bundle without its torch source)"},
+}
+
+
+def check_served_method(method: str | None) -> str:
+    """``gradcam`` (the default); anything else is a 422 saying where the other methods are."""
+    if method is None or method.strip().lower() in (SERVED_METHOD, "grad-cam"):
+        return SERVED_METHOD
+    raise HTTPException(422, f"method must be {SERVED_METHOD} on the server, got {method!r}: {_OTHER_METHODS}")
+
+
+async def _read_multipart(request: Request, settings):
+    form = await request.form(max_files=2, max_fields=100)
+    files = form.getlist("image")
+    if not files:
+        raise HTTPException(422, "image: no file in the multipart field 'image'")
+    if len(files) > 1 or not isinstance(files[0], UploadFile):
+        raise HTTPException(422, "image: send exactly one file in the multipart field 'image'")
+    f = files[0]
+    name = f.filename or "image"
+    if f.size is not None and f.size > settings.max_image_bytes:
+        raise HTTPException(413, f"image {name!r} is {f.size:,} bytes, over the limit of {settings.max_image_bytes:,}")
+    params = {}
+    for key, kind in (("accuracy", float), ("node", str), ("guarantee", str), ("method", str)):
+        if key in form:
+            params[key] = _parse_form_value(key, form[key], kind)
+    return Upload(name, await f.read()), params
+
+
+async def _read_json(request: Request, settings):
+    try:
+        body = ExplainJSON.model_validate_json(await request.body())
+    except ValidationError as err:
+        raise HTTPException(422, validation_message(err)) from None
+    try:
+        data = base64.b64decode(body.image.data, validate=True)
+    except (binascii.Error, ValueError):
+        raise HTTPException(422, "image.data: not valid base64") from None
+    if len(data) > settings.max_image_bytes:
+        raise HTTPException(
+            413, f"image {body.image.filename!r} is {len(data):,} bytes, over the limit of {settings.max_image_bytes:,}"
+        )
+    params = body.model_dump(include={"accuracy", "node", "guarantee", "method"}, exclude_none=True)
+    return Upload(body.image.filename, data), params
+
+
+def _wants_png(request: Request, fmt: str | None) -> bool:
+    if fmt is not None:
+        if fmt not in ("json", "png"):
+            raise HTTPException(422, f"format must be json or png, got {fmt!r}")
+        return fmt == "png"
+    accept = request.headers.get("accept", "").lower()
+    return "image/png" in accept and "application/json" not in accept
+
+
+@router.post(
+    "/explain",
+    response_model=ExplainResponse,
+    response_model_exclude_unset=True,
+    responses=_RESPONSES,
+    summary="Heat maps of why one photo got its answer",
+    description=(
+        "Send one photo as the multipart field `image`, or as JSON `{\"image\": {\"filename\", \"data\": "
+        "base64}}`. `accuracy`, `node`, `guarantee` and `method` go in the query string or in the body. "
+        "Grad-CAM of the node (default: the answer at `accuracy`) and of its two most probable children "
+        "(for a leaf, the two most probable other leaves), as `hedged.HedgedClassifier.explain` computes "
+        "them. `answer` is the object `predict.py --json` prints for the photo; each `heatmap` is a "
+        "transparent PNG of the photo's (upright) size to lay over it. With `Accept: image/png` or "
+        "`format=png` the answer is the 2 x 2 PNG `predict.py --explain` writes."
+    ),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {"schema": _MULTIPART_SCHEMA},
+                "application/json": {"schema": {"$ref": "#/components/schemas/ExplainJSON"}},
+            },
+        }
+    },
+)
+async def explain_photo(
+    request: Request,
+    accuracy: float | None = Query(None, description="target accuracy in (0, 1]; default 0.95"),
+    node: str | None = Query(None, description="taxonomy node to explain; default the answer at `accuracy`"),
+    guarantee: str | None = Query(None, description=f"one of {', '.join(GUARANTEES)}; default pac"),
+    method: str | None = Query(None, description="gradcam, the only method served"),
+    format: str | None = Query(None, description="json (default) or png; else the Accept header decides"),  # noqa: A002
+):
+    state = request.app.state
+    settings = state.settings
+    started = time.monotonic()
+    png = _wants_png(request, format)
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        upload, params = await _read_multipart(request, settings)
+    elif ctype == "application/json":
+        upload, params = await _read_json(request, settings)
+    else:
+        raise HTTPException(415, "send the image as multipart/form-data (field 'image') or application/json")
+    acc = _one("accuracy", accuracy, params.get("accuracy"))
+    try:
+        acc = check_accuracy(DEFAULT_ACCURACY if acc is None else acc)
+    except ValueError as err:
+        raise HTTPException(422, str(err)) from None
+    method_ = check_served_method(_one("method", method, params.get("method")))
+    guarantee_ = _one("guarantee", guarantee, params.get("guarantee"))
+    if guarantee_ is not None:
+        try:
+            check_guarantee(guarantee_)
+        except ValueError as err:
+            raise HTTPException(422, str(err)) from None
+    engine = getattr(state, "engine", None)
+    if engine is None:
+        raise HTTPException(503, "the model is not loaded yet")
+    node_ = _one("node", node, params.get("node"))
+    clf = engine.classifier  # None while loading: submit then answers 503
+    if node_ is not None and clf is not None and node_ not in clf.taxonomy:
+        raise HTTPException(422, f"node: unknown node {node_!r}, not a node of the taxonomy (GET /v1/taxonomy)")
+
+    deadline = started + settings.timeout
+    job = partial(_explain_job, upload=upload, accuracy=acc, node=node_, guarantee=guarantee_, method=method_)
+    try:
+        future = engine.submit(job, deadline)
+    except (NotReady, QueueFull) as err:
+        raise HTTPException(503, f"cannot take the request now: {err}", headers={"Retry-After": "1"}) from None
+    outcome = state.metrics.explanations
+    try:
+        expl = await asyncio.wait_for(asyncio.wrap_future(future), max(deadline - time.monotonic(), 0))
+    except (asyncio.TimeoutError, DeadlineExceeded):
+        future.cancel()  # still queued: the inference thread skips it
+        raise HTTPException(504, f"no answer within the request deadline of {settings.timeout:g} s") from None
+    except (ExplainUnavailableError, ImportError) as err:  # an ONNX bundle, or no captum
+        raise HTTPException(501, " ".join(str(err).split())) from None
+    except (ImageLoadError, OSError, UncalibratedError) as err:
+        # A photo that cannot be read (the message names the upload); pac-group without groups.
+        outcome.labels("error").inc()
+        raise HTTPException(422, " ".join(str(err).split())) from None
+    outcome.labels("explained").inc()
+    # Drawing and encoding need no model: off the inference thread, so the next photo can start.
+    if png:
+        return Response(await run_in_threadpool(explanation_png, expl), media_type="image/png")
+    return await run_in_threadpool(explanation_record, expl, upload.name)
+
+
+def _explain_job(clf, *, upload, accuracy, node, guarantee, method):
+    return explain(clf, upload, accuracy, node, guarantee or clf.guarantee, method)
