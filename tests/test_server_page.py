@@ -151,3 +151,74 @@ def test_pick_with_the_keyboard_and_docs_offline(server, browser):
     page.locator(".swagger-ui .opblock").first.wait_for()
     assert all(urlsplit(u).hostname == LOOPBACK for u in requested if not u.startswith(("data:", "blob:")))
     page.close()
+
+
+def test_show_why_overlays_the_answers_heat_map(server, browser):
+    page = new_page(browser)
+    explains = []
+    page.on("request", lambda req: explains.append(req.url) if "/v1/explain" in req.url else None)
+    page.goto(server + "/")
+    drop(page, "#drop", [(EXAMPLES[0].name, EXAMPLES[0].read_bytes(), "image/jpeg")])
+    card = page.locator("li.card.answered")
+    card.wait_for()
+    button = card.get_by_role("button", name="Show why")
+    heat = card.locator(".thumb img.heat")
+    caption = card.locator(".why-caption")
+    assert button.get_attribute("aria-pressed") == "false" and heat.count() == 0
+
+    # keyboard: Enter on the toggle asks for the answer's heat map (Animal at 0.95)
+    button.focus()
+    page.keyboard.press("Enter")
+    heat.wait_for(state="visible")
+    assert button.get_attribute("aria-pressed") == "true"
+    assert heat.get_attribute("src").startswith("data:image/png;base64,")
+    assert caption.inner_text() == "Why: " + card.locator(".node").inner_text() == "Why: Animal"
+    others = card.locator(".why-others").inner_text()
+    assert others.startswith("Between: ") and "Cat" in others and "Dog" in others and "%" in others
+    # over the thumbnail, box for box
+    assert heat.bounding_box() == card.locator(".thumb img").first.bounding_box()
+    assert len(explains) == 1 and "node=animal" in explains[0] and "accuracy=0.95" in explains[0]
+
+    # pressed again: hidden; and again: shown from the cache, no second request
+    page.keyboard.press("Space")
+    heat.wait_for(state="hidden")
+    assert button.get_attribute("aria-pressed") == "false" and caption.inner_text() == ""
+    page.keyboard.press("Enter")
+    heat.wait_for(state="visible")
+    assert len(explains) == 1
+
+    # the slider moves the answer to a leaf: Animal's map is for another node, so it goes
+    page.get_by_label("Accuracy target").focus()
+    page.keyboard.press("Home")
+    leaf = card.locator(".node").inner_text()
+    assert leaf in ("Cat", "Dog")
+    heat.wait_for(state="hidden")
+    assert button.get_attribute("aria-pressed") == "false"
+    button.click()  # the leaf's own map, with the other leaf ruled out
+    page.wait_for_function("document.querySelector('.why-caption').textContent.startsWith('Why: ') ")
+    assert caption.inner_text() == "Why: " + leaf and len(explains) == 2
+    assert card.locator(".why-others").inner_text().startswith("Ruled out: ")
+    page.get_by_label("Accuracy target").focus()
+    page.keyboard.press("End")  # the root answers at 0.999: no map of it yet, so the leaf's goes
+    assert card.locator(".node").inner_text() == "things"
+    heat.wait_for(state="hidden")
+    page.close()
+
+
+def test_show_why_error_goes_to_the_cards_error_line(server, browser):
+    page = new_page(browser)
+    page.route("**/v1/explain**", lambda route: route.fulfill(
+        status=501, content_type="application/json",
+        body='{"detail": "explanations need a torch model bundle"}'))
+    page.goto(server + "/")
+    drop(page, "#drop", [(EXAMPLES[0].name, EXAMPLES[0].read_bytes(), "image/jpeg")])
+    card = page.locator("li.card.answered")
+    card.wait_for()
+    button = card.get_by_role("button", name="Show why")
+    button.click()
+    error = card.locator(".error")
+    error.wait_for()
+    assert error.inner_text() == "explanations need a torch model bundle"
+    assert button.get_attribute("aria-pressed") == "false" and card.locator(".thumb img.heat").count() == 0
+    assert card.locator(".node").inner_text() == "Animal"  # the answer stays
+    page.close()

@@ -55,6 +55,77 @@ function render(card) {
   el.querySelector(".leaf-name").textContent = record.leaf_guess_display_name;
   el.querySelector(".leaf-prob").textContent = "p = " + pct(record.leaf_probability);
   el.dataset.node = ans.node;
+  // A heat map shown for another node than the new answer: swap in that node's if
+  // it is cached, else hide it; the next press asks for the new node.
+  if (card.whyShown && card.whyShown !== ans.node) {
+    if (card.why[ans.node]) showWhy(card, card.why[ans.node]);
+    else hideWhy(card);
+  }
+}
+
+// "Show why": Grad-CAM of the answered node over the thumbnail, and the two
+// children (or, for a leaf, the runner-up leaves) it was weighed against.
+// One request per node and photo; later presses toggle the cached answer.
+function showWhy(card, data) {
+  const el = card.el;
+  const first = data.explained[0];
+  let heat = el.querySelector(".thumb img.heat");
+  if (!heat) {
+    heat = document.createElement("img");
+    heat.className = "heat";
+    el.querySelector(".thumb").append(heat);
+  }
+  heat.src = first.heatmap;
+  heat.alt = "Heat map: where the photo shows " + first.display_name;
+  heat.hidden = false;
+  el.querySelector(".why-caption").textContent = "Why: " + first.display_name;
+  const rest = data.explained.slice(1);
+  const lead = rest.length && rest[0].role === "alternative" ? "Ruled out: " : "Between: ";
+  el.querySelector(".why-others").textContent = rest.length
+    ? lead + rest.map((e) => `${e.display_name} ${pct(e.probability)}`).join(" · ") : "";
+  el.querySelector(".why-toggle").setAttribute("aria-pressed", "true");
+  card.whyShown = first.node;
+}
+
+function hideWhy(card) {
+  const el = card.el;
+  const heat = el.querySelector(".thumb img.heat");
+  if (heat) heat.hidden = true;
+  el.querySelector(".why-caption").textContent = "";
+  el.querySelector(".why-others").textContent = "";
+  el.querySelector(".why-toggle").setAttribute("aria-pressed", "false");
+  card.whyShown = null;
+}
+
+async function toggleWhy(card) {
+  const el = card.el;
+  const button = el.querySelector(".why-toggle");
+  if (card.whyShown) { hideWhy(card); return; }
+  if (button.getAttribute("aria-busy") === "true") return;  // already asking
+  const node = el.dataset.node;
+  if (card.why[node]) { showWhy(card, card.why[node]); return; }
+  const error = el.querySelector(".error");
+  const form = new FormData();
+  form.append("image", card.file, card.file.name);
+  const url = `/v1/explain?accuracy=${target()}&node=${encodeURIComponent(node)}`;
+  button.setAttribute("aria-busy", "true");
+  el.querySelector(".why-caption").textContent = "Explaining…";
+  try {
+    const r = await fetch(url, {method: "POST", body: form});
+    const body = await r.json().catch(() => null);
+    if (!r.ok) throw new Error((body && body.detail) || ("the server answered " + r.status));
+    card.why[node] = body;
+    error.hidden = true;
+    // Shown only if the slider still answers this node; else it waits in the cache.
+    if (el.dataset.node === node) showWhy(card, body);
+    else hideWhy(card);
+  } catch (e) {
+    hideWhy(card);
+    error.textContent = e instanceof TypeError ? "the server could not be reached" : e.message;
+    error.hidden = false;
+  } finally {
+    button.removeAttribute("aria-busy");
+  }
 }
 
 function fail(card, message) {
@@ -84,7 +155,8 @@ function addCard(file) {
     thumb.append(none);
   }
   list.append(el);
-  const card = {el, record: null, file};
+  const card = {el, record: null, file, why: {}, whyShown: null};
+  el.querySelector(".why-toggle").addEventListener("click", () => toggleWhy(card));
   cards.push(card);
   return card;
 }
