@@ -664,7 +664,6 @@ def test_settings_from_env():
 
 
 # ---------------------------------------------------------------- the default bundle, as predict.py runs it
-@pytest.mark.slow
 def close(a, b, rel: float = 1e-5, abs_: float = 1e-6) -> bool:
     """``a == b`` with floats compared to a tolerance (nested lists and dicts)."""
     if isinstance(a, float) and isinstance(b, float):
@@ -676,6 +675,7 @@ def close(a, b, rel: float = 1e-5, abs_: float = 1e-6) -> bool:
     return a == b
 
 
+@pytest.mark.slow
 def test_default_bundle_equals_predict_py_subprocess():
     """The example photos through the real default bundle: HTTP == ``predict.py --json`` (one subprocess)."""
     from hedged.models.bundle import DEFAULT_BUNDLE

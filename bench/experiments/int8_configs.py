@@ -54,6 +54,10 @@ CONFIGS = {
         exclude=[r"_conv_stem/", r"_conv_head/", r"_fc/", r"_depthwise_conv/"]),
     "u8s8-minmax-rr-fp32-head-depthwise": dict(activation="QUInt8", calibrate="MinMax", reduce_range=True,
                                                exclude=[r"_conv_head/", r"_fc/", r"_depthwise_conv/"]),
+    # uint8 weights too: ONNX Runtime's u8u8 kernels do not use VPMADDUBSW, so no int16 saturation.
+    "u8u8-minmax": dict(activation="QUInt8", weight="QUInt8", calibrate="MinMax"),
+    "u8u8-minmax-fp32-depthwise": dict(activation="QUInt8", weight="QUInt8", calibrate="MinMax",
+                                       exclude=[r"_depthwise_conv/"]),
 }
 
 
@@ -136,7 +140,7 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             quantize_static(
                 str(prep), str(q), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                activation_type=getattr(QuantType, cfg["activation"]), weight_type=QuantType.QInt8,
+                activation_type=getattr(QuantType, cfg["activation"]), weight_type=getattr(QuantType, cfg.get("weight", "QInt8")),
                 calibrate_method=getattr(CalibrationMethod, cfg["calibrate"]),
                 reduce_range=cfg.get("reduce_range", False),
                 nodes_to_exclude=excluded_nodes(prep, cfg.get("exclude", [])),
