@@ -13,6 +13,7 @@ path; nothing in this module imports torch.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -23,7 +24,10 @@ from hedged.models.tta import average_view_probs, check_angles, rotate_views_arr
 #: Opsets the exporter writes and this loader accepts (ONNX Runtime >= 1.17 runs up to 20+).
 MIN_OPSET, MAX_OPSET = 13, 23
 
-_SESSIONS: dict[tuple, object] = {}
+# Most recently used sessions, at most _MAX_SESSIONS: a process that loads many
+# model files in turn (a quantization sweep, re-exports) must not keep them all.
+_SESSIONS: OrderedDict[tuple, object] = OrderedDict()
+_MAX_SESSIONS = 4
 _LOCK = threading.Lock()
 
 
@@ -127,7 +131,9 @@ def get_session(path, threads: int | None = None):
     key = (str(path), stat.st_size, stat.st_mtime_ns, threads)
     with _LOCK:
         session = _SESSIONS.get(key)
-        if session is None:
+        if session is not None:
+            _SESSIONS.move_to_end(key)
+        else:
             try:
                 session = ort.InferenceSession(
                     str(path), sess_options=session_options(threads), providers=["CPUExecutionProvider"]
@@ -136,6 +142,8 @@ def get_session(path, threads: int | None = None):
                 detail = " ".join(str(err).split())[:300]
                 raise OnnxModelError(f"ONNX Runtime {ort.__version__} cannot load {path.name}: {detail}") from None
             _SESSIONS[key] = session
+            while len(_SESSIONS) > _MAX_SESSIONS:
+                _SESSIONS.popitem(last=False)
     return session
 
 

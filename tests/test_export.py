@@ -305,6 +305,21 @@ def test_sessions_are_shared_per_process(setup):
 # --------------------------------------------------------------------------- decision.json
 
 
+def test_the_session_cache_keeps_only_the_most_recent_files(setup, tmp_path):
+    from hedged.models import onnx_model
+
+    copies = []
+    for i in range(onnx_model._MAX_SESSIONS + 2):  # distinct files: each gets its own session
+        copies.append(tmp_path / f"m{i}.onnx")
+        shutil.copyfile(setup["fp32"] / "model.onnx", copies[-1])
+    first = onnx_model.get_session(copies[0], 1)
+    for c in copies[1:]:
+        onnx_model.get_session(c, 1)
+    assert len(onnx_model._SESSIONS) <= onnx_model._MAX_SESSIONS
+    assert onnx_model.get_session(copies[-1], 1) is onnx_model.get_session(copies[-1], 1)
+    assert onnx_model.get_session(copies[0], 1) is not first  # evicted, then made again
+
+
 def _decide_from_file(table: dict, probs: np.ndarray, target: float, guarantee: str) -> list[str]:
     """The hedged node from decision.json alone, as an app would write it (plain numpy)."""
     lam = table["lambda"][guarantee][f"{target:g}"]
