@@ -160,6 +160,19 @@ def test_int8_export_is_quantized_and_calibrated_through_its_own_file(setup):
     assert np.abs(int8.calibration_probs - src.calibration_probs).max() > 1e-6  # int8 is not fp32
     test = int8.manifest["metrics"]["test"]
     assert 0.0 <= test["top1_agreement_with_source"] <= 1.0 and "pac@0.95" in test["hedged"]
+    # the stem and block 0 stay fp32 (the default mixed precision); every other conv is int8
+    import onnx
+
+    q = int8.manifest["provenance"]["quantization"]
+    kept = set(q["fp32_nodes"])
+    assert kept and all(n.startswith(("/_conv_stem/", "/_blocks.0/")) for n in kept)
+    graph = onnx.load(str(setup["int8"] / "model.onnx")).graph
+    produced = {o: n for n in graph.node for o in n.output}
+    for node in graph.node:
+        if node.op_type == "Conv":
+            weight = produced.get(node.input[1])
+            quantized = weight is not None and weight.op_type == "DequantizeLinear"
+            assert quantized == (node.name not in kept), node.name
 
 
 def test_an_onnx_bundle_is_explained_through_its_torch_source(setup, tmp_path):
@@ -210,6 +223,19 @@ def test_export_refuses_data_with_another_hash(setup, tmp_path):
         f.write("im0,Cat,s99\n")
     with pytest.raises(BundleError, match="sha256.*not the same photos"):
         export_bundle(setup["src"], tmp_path / "out", data=data, log=lambda m: None)
+
+
+def test_export_cli_checks_keep_fp32(setup, tmp_path, capsys):
+    from hedged.cli.export import main
+
+    out = tmp_path / "x"
+    assert main(["--model", str(setup["src"]), "--out", str(out), "--data", str(setup["data"]),
+                 "--keep-fp32", "^/_conv_stem/"]) == 2
+    assert "--int8 exports only" in capsys.readouterr().err
+    assert main(["--model", str(setup["src"]), "--out", str(out), "--data", str(setup["data"]),
+                 "--int8", "--keep-fp32", "(unclosed"]) == 2
+    err = capsys.readouterr().err
+    assert "not a regular expression" in err and err.count("\n") == 1
 
 
 def test_export_cli_reports_a_missing_bundle_in_one_line(tmp_path, capsys):

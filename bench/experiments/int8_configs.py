@@ -58,6 +58,17 @@ CONFIGS = {
     "u8u8-minmax": dict(activation="QUInt8", weight="QUInt8", calibrate="MinMax"),
     "u8u8-minmax-fp32-depthwise": dict(activation="QUInt8", weight="QUInt8", calibrate="MinMax",
                                        exclude=[r"_depthwise_conv/"]),
+    # int8_sensitivity.py: quantizing the stem alone, or block 0's depthwise conv alone, moves the
+    # posteriors 20-30x more than any other single layer; both touch the stem's output tensor.
+    "u8s8-minmax-rr-fp32-stem-block0": dict(activation="QUInt8", calibrate="MinMax", reduce_range=True,
+                                            exclude=[r"_conv_stem/", r"_blocks\.0/"]),
+    "u8s8-minmax-rr-fp32-stem-block01": dict(activation="QUInt8", calibrate="MinMax", reduce_range=True,
+                                             exclude=[r"_conv_stem/", r"_blocks\.[01]/"]),
+    "u8s8-minmax-fp32-stem-block0": dict(activation="QUInt8", calibrate="MinMax",
+                                         exclude=[r"_conv_stem/", r"_blocks\.0/"]),
+    "u8s8-minmax-rr-fp32-stem-block01-head": dict(activation="QUInt8", calibrate="MinMax", reduce_range=True,
+                                                  exclude=[r"_conv_stem/", r"_blocks\.[01]/", r"_conv_head/",
+                                                           r"_fc/"]),
 }
 
 

@@ -42,6 +42,9 @@ def build_parser() -> Parser:
                    help="the data set the bundle was trained on (its CSV sha256 must match the bundle's)")
     p.add_argument("--quant-images", type=positive_int, default=128, metavar="N",
                    help="train photos for int8 calibration (default 128)")
+    p.add_argument("--keep-fp32", nargs="*", metavar="REGEX", default=None,
+                   help="with --int8: ONNX node names (regular expressions) kept in fp32; default the stem "
+                        "and block 0 (chosen on validation, docs/export.md); give no REGEX to quantize every layer")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--threads", type=positive_int, default=None, metavar="N",
                    help="ONNX Runtime threads while recomputing the posteriors (default: one per core)")
@@ -73,9 +76,22 @@ def _run(args) -> int:
     def log(msg):
         print(msg, file=sys.stderr)
 
+    keep = {}
+    if args.keep_fp32 is not None:
+        import re
+
+        if not args.int8:
+            raise UsageError("--keep-fp32 applies to --int8 exports only")
+        for pattern in args.keep_fp32:
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise UsageError(f"--keep-fp32 {pattern!r}: not a regular expression ({err})") from None
+        keep["keep_fp32"] = tuple(args.keep_fp32)
+
     try:
         out = export_bundle(source, args.out, data=args.data, int8=args.int8, opset=args.opset,
-                            n_quant_images=args.quant_images, threads=args.threads, log=log)
+                            n_quant_images=args.quant_images, threads=args.threads, log=log, **keep)
     except (BundleError, ValueError, OSError) as err:
         raise UsageError(" ".join(str(err).split())) from None
     import json
