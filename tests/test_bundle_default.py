@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hedged.models.bundle import DEFAULT_BUNDLE, load_bundle
+from hedged.models.bundle import DEFAULT_BUNDLE, DEFAULT_TORCH_BUNDLE, load_bundle
 from hedged.taxonomy import Taxonomy
 
 REPO = Path(__file__).resolve().parents[1]
@@ -14,11 +14,26 @@ EXAMPLES = {"polo": "d2613a5e-e956-43ef-b09f-1860b4d41801", "dress": "b59e4d4a-a
             "jacket": "43ac2647-95bc-4174-b9c1-0518a5024ed2"}
 
 
-@pytest.fixture(scope="module")
-def bundle():
-    # The default bundle is part of the repository: its absence is a failure, not a skip.
-    assert (DEFAULT_BUNDLE / "bundle.json").is_file(), f"default bundle missing at {DEFAULT_BUNDLE}"
-    return load_bundle()
+@pytest.fixture(scope="module", params=["default", "torch"])
+def bundle(request):
+    # The shipped bundles are part of the repository: their absence is a failure, not a skip.
+    path = DEFAULT_BUNDLE if request.param == "default" else DEFAULT_TORCH_BUNDLE
+    assert (path / "bundle.json").is_file(), f"shipped bundle missing at {path}"
+    return load_bundle(path)
+
+
+def test_the_default_is_an_export_of_the_torch_bundle():
+    """The default bundle runs without torch, and came from the committed torch weights."""
+    from hedged.models.data import sha256_file
+
+    default, source = load_bundle(), load_bundle(DEFAULT_TORCH_BUNDLE)
+    assert default.path == DEFAULT_BUNDLE.resolve() or default.path == DEFAULT_BUNDLE
+    assert default.runtime == "onnx" and source.runtime == "torch"
+    origin = default.manifest["provenance"]["exported_from"]
+    assert origin["weights_sha256"] == sha256_file(DEFAULT_TORCH_BUNDLE / "weights.pt")
+    assert (DEFAULT_BUNDLE / origin["relative_path"]).resolve() == DEFAULT_TORCH_BUNDLE.resolve()
+    assert np.array_equal(default.test_labels, source.test_labels)
+    assert default.split == source.split
 
 
 def test_default_bundle_matches_shipped_taxonomy(bundle):
@@ -41,4 +56,6 @@ def test_splits_disjoint_and_examples_never_trained_on(bundle):
 
 def test_recorded_test_accuracy_matches_test_posteriors(bundle):
     acc = float(np.mean(bundle.test_probs.argmax(1) == bundle.test_labels))
-    assert acc == pytest.approx(bundle.metrics["test"]["tta"]["after_ts"]["accuracy"], abs=1e-6)
+    test = bundle.metrics["test"]
+    recorded = test["accuracy"] if bundle.runtime == "onnx" else test["tta"]["after_ts"]["accuracy"]
+    assert acc == pytest.approx(recorded, abs=1e-6)

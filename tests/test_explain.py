@@ -33,6 +33,7 @@ from hedged.models.explain import (
     node_probabilities,
     to_photo_frame,
 )
+from hedged.models.bundle import DEFAULT_TORCH_BUNDLE
 from hedged.models.preprocess import Preprocess
 from hedged.models.tta import rotate
 from test_facade_helpers import cached_bundle, write_images
@@ -43,7 +44,7 @@ PHOTOS = sorted((REPO / "examples").glob("*.jpg")) + sorted((REPO / "tests" / "f
 
 @pytest.fixture(scope="module")
 def clf():
-    return HedgedClassifier.from_bundle()
+    return HedgedClassifier.from_bundle(DEFAULT_TORCH_BUNDLE)  # the differentiable model itself
 
 
 def members(clf, *nodes):
