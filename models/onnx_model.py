@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -255,14 +256,24 @@ class OnnxModel:
         images = list(images)
         k = len(angles)
         chunks: list[list[np.ndarray]] = [[] for _ in names]
-        for start in range(0, len(images), batch_size):
-            part = images[start : start + batch_size]
-            views = rotate_views_array(preprocess.batch_array(part), angles)
-            outs = [self.session.run(names, {self.input_name: views[i : i + batch_size]})
-                    for i in range(0, len(views), batch_size)]
-            for j in range(len(names)):
-                z = np.concatenate([o[j] for o in outs])
-                chunks[j].append(z.reshape(k, len(part), -1).transpose(1, 0, 2))
+        starts = list(range(0, len(images), batch_size))
+
+        def prepare(start):
+            return rotate_views_array(preprocess.batch_array(images[start : start + batch_size]), angles)
+
+        # The next batch is resized and rotated on a second thread while ONNX Runtime (which
+        # releases the GIL) runs this one: the two stages overlap instead of alternating.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hedged-prep") as pool:
+            pending = pool.submit(prepare, starts[0]) if starts else None
+            for n, start in enumerate(starts):
+                views = pending.result()
+                pending = pool.submit(prepare, starts[n + 1]) if n + 1 < len(starts) else None
+                n_part = len(views) // k
+                outs = [self.session.run(names, {self.input_name: views[i : i + batch_size]})
+                        for i in range(0, len(views), batch_size)]
+                for j in range(len(names)):
+                    z = np.concatenate([o[j] for o in outs])
+                    chunks[j].append(z.reshape(k, n_part, -1).transpose(1, 0, 2))
         if not images:
             widths = [self.n_leaves] + ([self.n_features] if return_features else [])
             result = [np.zeros((0, k, w), dtype=np.float32) for w in widths]
