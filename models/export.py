@@ -165,7 +165,7 @@ def quantize_int8(fp32_path, out_path, reader, keep_fp32=DEFAULT_FP32_LAYERS) ->
 
 
 def _split_paths(bundle, data_path):
-    """Paths and leaf labels of the bundle's calibration, test and train ids in ``data_path``."""
+    """Paths and leaf labels of the bundle's calibration, test, train and validation ids in ``data_path``."""
     from hedged.models.data import DatasetError, load_dataset
 
     if bundle.split is None or "calibration" not in bundle.split:
@@ -182,7 +182,7 @@ def _split_paths(bundle, data_path):
         )
     where = {str(i): k for k, i in enumerate(data.ids)}
     out = {}
-    for name in ("calibration", "test", "train"):
+    for name in ("calibration", "test", "train", "validation"):
         ids = bundle.split.get(name)
         if ids is None:
             continue

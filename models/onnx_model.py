@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -264,6 +264,7 @@ class OnnxModel:
         k = len(angles)
         chunks: list[list[np.ndarray]] = [[] for _ in names]
         starts = list(range(0, len(images), batch_size))
+        step = min(batch_size, RUN_VIEWS)
 
         def prepare(start):
             return rotate_views_array(preprocess.batch_array(images[start : start + batch_size]), angles)
@@ -276,7 +277,6 @@ class OnnxModel:
                 views = pending.result()
                 pending = pool.submit(prepare, starts[n + 1]) if n + 1 < len(starts) else None
                 n_part = len(views) // k
-                step = min(batch_size, RUN_VIEWS)
                 outs = [self.session.run(names, {self.input_name: views[i : i + step]})
                         for i in range(0, len(views), step)]
                 for j in range(len(names)):

@@ -113,7 +113,6 @@ def rotate_views(batch, angles):
     return torch.cat([rotate(batch, a) for a in angles], dim=0)
 
 
-@functools.lru_cache(maxsize=16)
 def _bilinear_taps(angle: float, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     """Source pixel indices ``(4, h*w)`` and weights ``(4, h*w)`` of a rotation.
 

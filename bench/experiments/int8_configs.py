@@ -73,19 +73,14 @@ CONFIGS = {
 
 
 def excluded_nodes(model_path, patterns) -> list[str]:
-    """Names of the Conv/Gemm nodes matching any pattern; "LAST_BLOCKS" = the last two MBConv blocks."""
-    import onnx
+    """The export's :func:`fp32_nodes`, with "LAST_BLOCKS" standing for the last two MBConv blocks."""
+    from hedged.models.export import fp32_nodes
 
-    graph = onnx.load(str(model_path)).graph
-    names = [n.name for n in graph.node if n.op_type in ("Conv", "Gemm")]
-    blocks = sorted({int(m.group(1)) for n in names if (m := re.search(r"_blocks\.(\d+)/", n))})
-    pats = []
-    for p in patterns:
-        if p == "LAST_BLOCKS":
-            pats += [rf"_blocks\.{b}/" for b in blocks[-2:]]
-        else:
-            pats.append(p)
-    return [n for n in names if any(re.search(p, n) for p in pats)]
+    if "LAST_BLOCKS" in patterns:
+        names = fp32_nodes(model_path, [r"_blocks\."])
+        blocks = sorted({int(m.group(1)) for n in names if (m := re.search(r"_blocks\.(\d+)/", n))})
+        patterns = [p for p in patterns if p != "LAST_BLOCKS"] + [rf"_blocks\.{b}/" for b in blocks[-2:]]
+    return fp32_nodes(model_path, patterns)
 
 
 def main(argv=None) -> int:
@@ -108,13 +103,7 @@ def main(argv=None) -> int:
 
     bundle = load_bundle(args.bundle)
     splits, _ = _split_paths(bundle, args.data)
-    # _split_paths resolves calibration/test/train; validation the same way.
-    from hedged.models.data import load_dataset
-
-    data = load_dataset(args.data)
-    where = {str(i): k for k, i in enumerate(data.ids)}
-    idx = np.array([where[str(i)] for i in bundle.split["validation"]])
-    val_paths, val_y = data.paths[idx], bundle.taxonomy.resolve_labels(data.labels[idx])
+    val_paths, val_y = splits["validation"]
     pre, angles, temp = bundle.preprocess, bundle.tta_angles, bundle.temperature
     t0 = time.perf_counter()
     x = pre.batch_array(list(val_paths))

@@ -42,17 +42,14 @@ def main(argv=None) -> int:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from hedged.models.bundle import load_bundle
-    from hedged.models.data import load_dataset
     from hedged.models.export import _CalibrationReader, _split_paths, export_onnx_file
     from hedged.models.onnx_model import get_session
 
     bundle = load_bundle(args.bundle)
     splits, _ = _split_paths(bundle, args.data)
-    data = load_dataset(args.data)
-    where = {str(i): k for k, i in enumerate(data.ids)}
-    val = [where[str(i)] for i in bundle.split["validation"]]
+    val = splits["validation"][0]
     pick = np.linspace(0, len(val) - 1, min(args.n, len(val))).round().astype(int)
-    x = bundle.preprocess.batch_array(list(data.paths[np.array(val)[pick]]))
+    x = bundle.preprocess.batch_array(list(val[pick]))
     temp = bundle.temperature
 
     def probs(path):
