@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import time
@@ -14,10 +13,19 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from hedged.classifier import GUARANTEES, ExplainUnavailableError, UncalibratedError, check_accuracy, check_guarantee
+from hedged.classifier import GUARANTEES, ExplainUnavailableError, UncalibratedError
 from hedged.models import ImageLoadError
-from hedged.server.engine import DeadlineExceeded, NotReady, QueueFull
-from hedged.server.routers.predict import DEFAULT_ACCURACY, _ERRORS, _one, _parse_form_value, validation_message
+from hedged.server.routers.predict import (
+    _ERRORS,
+    _one,
+    _parse_form_value,
+    accuracy_param,
+    guarantee_param,
+    loaded_engine,
+    read_body,
+    run_on_engine,
+    validation_message,
+)
 from hedged.server.schemas import ExplainJSON, ExplainResponse, Problem
 from hedged.server.service import Upload, explain, explanation_png, explanation_record
 
@@ -141,28 +149,11 @@ async def explain_photo(
     settings = state.settings
     started = time.monotonic()
     png = _wants_png(request, format)
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype == "multipart/form-data":
-        upload, params = await _read_multipart(request, settings)
-    elif ctype == "application/json":
-        upload, params = await _read_json(request, settings)
-    else:
-        raise HTTPException(415, "send the image as multipart/form-data (field 'image') or application/json")
-    acc = _one("accuracy", accuracy, params.get("accuracy"))
-    try:
-        acc = check_accuracy(DEFAULT_ACCURACY if acc is None else acc)
-    except ValueError as err:
-        raise HTTPException(422, str(err)) from None
+    upload, params = await read_body(request, settings, _read_multipart, _read_json, "image")
+    acc = accuracy_param(accuracy, params)
     method_ = check_served_method(_one("method", method, params.get("method")))
-    guarantee_ = _one("guarantee", guarantee, params.get("guarantee"))
-    if guarantee_ is not None:
-        try:
-            check_guarantee(guarantee_)
-        except ValueError as err:
-            raise HTTPException(422, str(err)) from None
-    engine = getattr(state, "engine", None)
-    if engine is None:
-        raise HTTPException(503, "the model is not loaded yet")
+    guarantee_ = guarantee_param(guarantee, params)
+    engine = loaded_engine(state)
     node_ = _one("node", node, params.get("node"))
     clf = engine.classifier  # None while loading: submit then answers 503
     if node_ is not None and clf is not None and node_ not in clf.taxonomy:
@@ -170,16 +161,9 @@ async def explain_photo(
 
     deadline = started + settings.timeout
     job = partial(_explain_job, upload=upload, accuracy=acc, node=node_, guarantee=guarantee_, method=method_)
-    try:
-        future = engine.submit(job, deadline)
-    except (NotReady, QueueFull) as err:
-        raise HTTPException(503, f"cannot take the request now: {err}", headers={"Retry-After": "1"}) from None
     outcome = state.metrics.explanations
     try:
-        expl = await asyncio.wait_for(asyncio.wrap_future(future), max(deadline - time.monotonic(), 0))
-    except (asyncio.TimeoutError, DeadlineExceeded):
-        future.cancel()  # still queued: the inference thread skips it
-        raise HTTPException(504, f"no answer within the request deadline of {settings.timeout:g} s") from None
+        expl = await run_on_engine(engine, job, deadline, settings.timeout)
     except (ExplainUnavailableError, ImportError) as err:  # an ONNX bundle, or no captum
         raise HTTPException(501, " ".join(str(err).split())) from None
     except (ImageLoadError, OSError, UncalibratedError) as err:

@@ -72,6 +72,59 @@ def _parse_form_value(name: str, text, kind):
     return text
 
 
+async def read_body(request: Request, settings, read_multipart, read_json, field: str):
+    """The uploads and parameters of a request body, multipart or JSON; 415 for anything else."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        return await read_multipart(request, settings)
+    if ctype == "application/json":
+        return await read_json(request, settings)
+    raise HTTPException(415, f"send the {field} as multipart/form-data (field '{field}') or application/json")
+
+
+def accuracy_param(query, params) -> float:
+    """The target from the query or the body (default 0.95), checked: 422 when bad."""
+    acc = _one("accuracy", query, params.get("accuracy"))
+    try:
+        return check_accuracy(DEFAULT_ACCURACY if acc is None else acc)
+    except ValueError as err:
+        raise HTTPException(422, str(err)) from None
+
+
+def guarantee_param(query, params) -> str | None:
+    """The guarantee from the query or the body, checked (422 when unknown); None: the model's default."""
+    guarantee = _one("guarantee", query, params.get("guarantee"))
+    if guarantee is not None:
+        try:
+            check_guarantee(guarantee)
+        except ValueError as err:
+            raise HTTPException(422, str(err)) from None
+    return guarantee
+
+
+def loaded_engine(state):
+    engine = getattr(state, "engine", None)
+    if engine is None:
+        raise HTTPException(503, "the model is not loaded yet")
+    return engine
+
+
+async def run_on_engine(engine, job, deadline: float, timeout: float):
+    """``job(classifier)`` on the inference thread: 503 when it cannot be queued, 504 past ``deadline``.
+
+    Other exceptions of the job reach the caller, which maps them to its statuses.
+    """
+    try:
+        future = engine.submit(job, deadline)
+    except (NotReady, QueueFull) as err:
+        raise HTTPException(503, f"cannot take the request now: {err}", headers={"Retry-After": "1"}) from None
+    try:
+        return await asyncio.wait_for(asyncio.wrap_future(future), max(deadline - time.monotonic(), 0))
+    except (asyncio.TimeoutError, DeadlineExceeded):
+        future.cancel()  # still queued: the inference thread skips it
+        raise HTTPException(504, f"no answer within the request deadline of {timeout:g} s") from None
+
+
 async def _read_multipart(request: Request, settings):
     form = await request.form(max_files=settings.max_images + 1, max_fields=100)
     files = form.getlist("images")
@@ -150,40 +203,16 @@ async def predict(
     state = request.app.state
     settings = state.settings
     started = time.monotonic()
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype == "multipart/form-data":
-        uploads, params = await _read_multipart(request, settings)
-    elif ctype == "application/json":
-        uploads, params = await _read_json(request, settings)
-    else:
-        raise HTTPException(415, "send the images as multipart/form-data (field 'images') or application/json")
-    acc = _one("accuracy", accuracy, params.get("accuracy"))
-    try:
-        acc = check_accuracy(DEFAULT_ACCURACY if acc is None else acc)
-    except ValueError as err:
-        raise HTTPException(422, str(err)) from None
-    engine = getattr(state, "engine", None)
-    if engine is None:
-        raise HTTPException(503, "the model is not loaded yet")
-    guarantee_ = _one("guarantee", guarantee, params.get("guarantee"))
-    if guarantee_ is not None:
-        try:
-            check_guarantee(guarantee_)
-        except ValueError as err:
-            raise HTTPException(422, str(err)) from None
+    uploads, params = await read_body(request, settings, _read_multipart, _read_json, "images")
+    acc = accuracy_param(accuracy, params)
+    engine = loaded_engine(state)
+    guarantee_ = guarantee_param(guarantee, params)
     with_path = bool(_one("path_over_targets", path_over_targets, params.get("path_over_targets")))
 
     deadline = started + settings.timeout
     job = partial(_classify_job, uploads=uploads, accuracy=acc, guarantee=guarantee_, with_path=with_path)
     try:
-        future = engine.submit(job, deadline)
-    except (NotReady, QueueFull) as err:
-        raise HTTPException(503, f"cannot take the request now: {err}", headers={"Retry-After": "1"}) from None
-    try:
-        records, messages = await asyncio.wait_for(asyncio.wrap_future(future), max(deadline - time.monotonic(), 0))
-    except (asyncio.TimeoutError, DeadlineExceeded):
-        future.cancel()  # still queued: the inference thread skips it
-        raise HTTPException(504, f"no answer within the request deadline of {settings.timeout:g} s") from None
+        records, messages = await run_on_engine(engine, job, deadline, settings.timeout)
     except UncalibratedError as err:  # e.g. pac-group with a bundle that stores no groups
         raise HTTPException(422, " ".join(str(err).split())) from None
     n_err = sum("error" in r for r in records)
