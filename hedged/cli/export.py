@@ -66,7 +66,7 @@ def _run(args) -> int:
     if not Path(args.data).exists():
         raise UsageError(f"data not found: {args.data}")
     try:
-        from hedged.models.export import export_bundle
+        from hedged.models.export import DEFAULT_FP32_LAYERS, export_bundle
         from hedged.models.onnx_model import MAX_OPSET, MIN_OPSET
     except ImportError as err:
         raise UsageError(f"export needs torch and onnx: pip install 'hedged[export]' ({err})") from None
@@ -76,7 +76,7 @@ def _run(args) -> int:
     def log(msg):
         print(msg, file=sys.stderr)
 
-    keep = {}
+    keep_fp32 = DEFAULT_FP32_LAYERS
     if args.keep_fp32 is not None:
         import re
 
@@ -87,11 +87,12 @@ def _run(args) -> int:
                 re.compile(pattern)
             except re.error as err:
                 raise UsageError(f"--keep-fp32 {pattern!r}: not a regular expression ({err})") from None
-        keep["keep_fp32"] = tuple(args.keep_fp32)
+        keep_fp32 = tuple(args.keep_fp32)
 
     try:
         out = export_bundle(source, args.out, data=args.data, int8=args.int8, opset=args.opset,
-                            n_quant_images=args.quant_images, threads=args.threads, log=log, **keep)
+                            n_quant_images=args.quant_images, threads=args.threads, log=log,
+                            keep_fp32=keep_fp32)
     except (BundleError, ValueError, OSError) as err:
         raise UsageError(" ".join(str(err).split())) from None
     import json
