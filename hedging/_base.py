@@ -30,6 +30,9 @@ ROW_SUM_TOL = 1e-3
 CHUNK_ELEMENTS = 4_000_000
 
 GUARANTEES = ("pac", "expected")
+#: Photos one contributor weighs at most in the group bound (hedging.groups), unless
+#: given: chosen by the calibration-design simulation (docs/hedging.md, bench/guarantee_design.py).
+DEFAULT_GROUP_CAP = 10
 #: Relative gap under which two parameters (or two scores) are the same.
 TIE_RTOL = 1e-10
 
@@ -154,6 +157,32 @@ def merge_events(lam: np.ndarray, delta: np.ndarray):
     return lam[last], counts, cluster, order
 
 
+def interior_points(starts: np.ndarray, upper: float = math.inf) -> np.ndarray:
+    """The parameter used for each segment ``[starts[j], starts[j+1])`` (last: ``[starts[-1], inf)``).
+
+    A point strictly inside each segment that begins at a calibration breakpoint:
+    the midpoint, and for the last one the midpoint up to ``upper`` (the largest
+    parameter that still matters, e.g. 1 for a probability threshold), or twice
+    its start when ``upper`` is infinite. The first
+    segment begins at 0, the end of the parameter's domain and no breakpoint, so
+    it keeps 0 (DARTS's ``f_0``: the most informative rule).
+
+    >>> interior_points(np.array([0.0, 1.0, 3.0])).tolist()
+    [0.0, 2.0, 6.0]
+    >>> interior_points(np.array([0.0])).tolist()
+    [0.0]
+    """
+    starts = np.asarray(starts, dtype=np.float64)
+    if starts.size == 0:
+        return starts.copy()
+    nxt = np.r_[starts[1:], np.nan]
+    mid = starts + (nxt - starts) / 2
+    mid[-1] = 2.0 * starts[-1] if math.isinf(upper) or upper <= starts[-1] else (starts[-1] + upper) / 2
+    if starts[0] <= 0.0:
+        mid[0] = starts[0]
+    return mid
+
+
 class StepCalibration:
     """Calibration accuracy of a one-parameter rule as an exact step function.
 
@@ -177,16 +206,27 @@ class StepCalibration:
 
     ``key`` is what a target is compared with: a target ``a`` selects segment
     ``j`` = the first with ``key[j] >= a`` (non-decreasing in ``j``).
+
+    The parameter returned for segment ``j`` is ``points[j]``, a point strictly
+    inside it (the midpoint, or twice the start of the last, unbounded one), not
+    its left end: a decision at a segment's start sits exactly on a calibration
+    breakpoint, where a photo whose posteriors round differently (a float32 copy,
+    coarse posteriors) falls on the other side. Every calibration decision is the
+    same anywhere inside the segment.
     """
 
-    def __init__(self, starts, n_correct, n: int, guarantee: str, delta: float, lower=None, unit: str = "photo"):
+    def __init__(self, starts, n_correct, n: int, guarantee: str, delta: float, lower=None, unit: str = "photo",
+                 upper: float = math.inf):
         self.starts = np.asarray(starts, dtype=np.float64)
         self.n_correct = np.asarray(n_correct, dtype=np.int64)
         self.n = int(n)
         self.guarantee = guarantee
         self.delta = delta
         self.unit = unit
+        #: Sampling units behind the bound: photos, or groups (set by the rule's fit).
+        self.n_units = self.n
         self.accuracy = self.n_correct / max(self.n, 1)
+        self.points = interior_points(self.starts, upper)
         if guarantee == "pac":
             self.lower = clopper_pearson_lower(self.n_correct, self.n, delta) if lower is None else np.asarray(lower)
             # Segment j is selectable iff it and every segment above it pass:
@@ -205,7 +245,7 @@ class StepCalibration:
         if self.n == 0:
             return np.full(a.shape, math.inf), np.ones(a.shape, dtype=bool)
         j = np.searchsorted(self.key, a, side="left")
-        out = np.where(j < len(self.starts), self.starts[np.minimum(j, len(self.starts) - 1)], math.inf)
+        out = np.where(j < len(self.starts), self.points[np.minimum(j, len(self.starts) - 1)], math.inf)
         # Only the root is certainly right on unseen data; that is no failure.
         out[a >= 1.0] = math.inf
         return out, (j >= len(self.starts)) & (a < 1.0)
@@ -237,7 +277,7 @@ class StepCalibration:
                 )
             else:
                 msg = (
-                    f"no {what} certifies accuracy {shown} with delta={self.delta:g} on {self.n} "
+                    f"no {what} certifies accuracy {shown} with delta={self.delta:g} on {self.n_units} "
                     f"{unit}; predicting the root for every sample"
                 )
         else:
@@ -259,11 +299,14 @@ class HedgingRule:
     """
 
     _parameter_name = "parameter"
+    #: Above this the rule's decisions no longer change (inf: unbounded).
+    _parameter_max = math.inf
 
-    def __init__(self, taxonomy, guarantee: str = "pac", delta: float = 0.05):
+    def __init__(self, taxonomy, guarantee: str = "pac", delta: float = 0.05, group_cap: int = DEFAULT_GROUP_CAP):
         self.taxonomy = taxonomy
         self.guarantee = guarantee
         self.delta = delta
+        self.group_cap = group_cap
 
     # -------------------------------------------------------------- helpers
     def _check_params(self) -> None:
@@ -272,6 +315,9 @@ class HedgingRule:
         d = self.delta
         if isinstance(d, bool) or not isinstance(d, numbers.Real) or not 0.0 < float(d) < 1.0:
             raise ValueError(f"delta must be in (0, 1), got {d!r}")
+        from hedged.hedging.groups import check_cap
+
+        check_cap(self.group_cap)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "calibration_"):
@@ -319,7 +365,7 @@ class HedgingRule:
         return y.astype(np.int64)
 
     # -------------------------------------------------------------- API
-    def fit(self, probs, labels, groups=None):
+    def fit(self, probs, labels, groups=None, rejected=None):
         """Calibrate on held-out data.
 
         Parameters
@@ -333,9 +379,14 @@ class HedgingRule:
             Who contributed each sample (any hashable ids, e.g. hashed sender
             ids). With ``guarantee="pac"`` the bound then treats *groups* as
             the exchangeable sampling unit and the samples within a group as
-            arbitrarily dependent (see :mod:`hedged.hedging.groups`); the
-            target is still the share of correct answers over future samples.
-            Ignored by ``"expected"``. Without groups: one sample, one unit.
+            arbitrarily dependent, each group weighing at most ``group_cap``
+            samples (see :mod:`hedged.hedging.groups`). Ignored by
+            ``"expected"``. Without groups: one sample, one unit.
+        rejected : array-like of bool, shape (n_samples,), optional
+            Samples that an out-of-taxonomy detector turns away ("not
+            clothing"): the user sees no taxonomy answer for them, so they
+            count as wrong at every parameter, the root included, and the
+            calibrated accuracy is that of what users see.
 
         Returns
         -------
@@ -355,7 +406,17 @@ class HedgingRule:
                 raise ValueError(f"groups must have shape ({probs.shape[0]},) to match probs, got {g.shape}")
             codes = np.unique(g.astype(str) if g.dtype.kind == "O" else g, return_inverse=True)[1].ravel()
         correct0, lam, sample, delta = self._events(probs, y)
-        starts, counts, cluster, order = merge_events(np.asarray(lam, dtype=np.float64), np.asarray(delta))
+        correct0, lam, sample, delta = (np.asarray(correct0, dtype=bool), np.asarray(lam, dtype=np.float64),
+                                        np.asarray(sample), np.asarray(delta))
+        self.n_rejected_ = 0
+        if rejected is not None:
+            rej = np.asarray(rejected, dtype=bool)
+            if rej.shape != (probs.shape[0],):
+                raise ValueError(f"rejected must have shape ({probs.shape[0]},) to match probs, got {rej.shape}")
+            keep = ~rej[sample]
+            correct0, lam, sample, delta = correct0 & ~rej, lam[keep], sample[keep], delta[keep]
+            self.n_rejected_ = int(rej.sum())
+        starts, counts, cluster, order = merge_events(lam, delta)
         n0 = int(np.count_nonzero(correct0))
         if starts.size == 0 or starts[0] > 0.0:
             starts = np.r_[0.0, starts]
@@ -363,42 +424,75 @@ class HedgingRule:
             cluster = cluster + 1
         n_correct = n0 + np.cumsum(counts)
         self.n_calibration_ = int(probs.shape[0])
-        lower, unit, n_units = None, "photo", probs.shape[0]
+        self._group_state = None
         if codes is not None and self.guarantee == "pac":
-            from hedged.hedging.groups import group_lower_bounds
-
             sizes = np.bincount(codes)
             base = np.bincount(codes, weights=correct0, minlength=sizes.size)
-            ev = order  # events in sorted order
-            lower = group_lower_bounds(
-                base, sizes, cluster, codes[np.asarray(sample)[ev]], np.asarray(delta)[ev], starts.size, float(self.delta)
-            )
-            unit, n_units = "group", int(sizes.size)
+            self._group_state = (base, sizes, cluster, codes[sample[order]], delta[order], starts.size)
+        self._step_state = (starts, n_correct, probs.shape[0])
         self.n_groups_ = None if codes is None else int(codes.max() + 1 if codes.size else 0)
-        self.calibration_ = StepCalibration(starts, n_correct, probs.shape[0], self.guarantee, float(self.delta), lower, unit)
-        self.calibration_.n_units = n_units
+        self._calibrations = {}
+        self.calibration_ = self._calibration_at(float(self.delta))
         return self
 
-    def _parameters_for(self, accuracy):
-        """(parameters, scalar?) for one target or many; one warning for those that fall back to the root."""
+    def _calibration_at(self, delta: float) -> StepCalibration:
+        """The step calibration with its PAC bounds at level ``delta`` (cached per level)."""
+        if delta in self._calibrations:
+            return self._calibrations[delta]
+        starts, n_correct, n = self._step_state
+        lower, unit, n_units = None, "photo", n
+        if self._group_state is not None:
+            from hedged.hedging.groups import group_lower_bounds
+
+            base, sizes, seg, grp, dlt, n_seg = self._group_state
+            lower = group_lower_bounds(base, sizes, seg, grp, dlt, n_seg, delta, cap=self.group_cap)
+            unit, n_units = "group", int(sizes.size)
+        cal = StepCalibration(starts, n_correct, n, self.guarantee, delta, lower, unit, self._parameter_max)
+        cal.n_units = n_units
+        self._calibrations[delta] = cal
+        return cal
+
+    def simultaneous(self, n_targets: int) -> StepCalibration:
+        """The calibration that holds for ``n_targets`` fixed targets at once.
+
+        Each target's guarantee holds with probability ``1 - delta`` on its own;
+        for a set of ``k`` targets chosen before the data (say 0.8, 0.9, 0.95),
+        testing each at ``delta / k`` (Bonferroni) makes all ``k`` hold together
+        with probability ``1 - delta``.
+        """
+        self._check_fitted()
+        k = int(n_targets)
+        if k < 1:
+            raise ValueError(f"n_targets must be a positive integer, got {n_targets!r}")
+        return self._calibration_at(float(self.delta) / k) if k > 1 else self.calibration_
+
+    def _parameters_for(self, accuracy, simultaneous: bool = False):
+        """(parameters, scalar?) for one target or many; one warning for those that fall back to the root.
+
+        ``simultaneous``: several targets hold together (:meth:`simultaneous`), not each on its own.
+        """
         self._check_fitted()
         a, scalar = check_accuracies(accuracy)
-        t, failed = self.calibration_.select_many(np.atleast_1d(a))
-        if failed.any() or self.calibration_.n == 0:
-            self.calibration_.warn_root(np.atleast_1d(a)[failed] if self.calibration_.n else [0], self._parameter_name)
+        a = np.atleast_1d(a)
+        cal = self.simultaneous(np.unique(a).size) if simultaneous and self.guarantee == "pac" else self.calibration_
+        t, failed = cal.select_many(a)
+        if failed.any() or cal.n == 0:
+            cal.warn_root(a[failed] if cal.n else [0], self._parameter_name)
         return t, scalar
 
     def _parameter_for(self, accuracy) -> float:
         t, _ = self._parameters_for(check_accuracy(accuracy))
         return float(t[0])
 
-    def predict_index(self, probs, accuracy=0.95) -> np.ndarray:
+    def predict_index(self, probs, accuracy=0.95, simultaneous: bool = False) -> np.ndarray:
         """Node indices (into ``taxonomy.nodes``) for one target, or one column per target.
 
         ``accuracy`` a number: shape (n_samples,); a sequence of k targets:
-        shape (n_samples, k), column j for ``accuracy[j]``.
+        shape (n_samples, k), column j for ``accuracy[j]``. ``simultaneous``:
+        the k targets' guarantees hold together (each tested at ``delta / k``)
+        rather than each on its own.
         """
-        t, scalar = self._parameters_for(accuracy)
+        t, scalar = self._parameters_for(accuracy, simultaneous)
         probs = check_probs(probs, self.taxonomy.n_leaves)
         out = self._decide_many(probs, t)
         return out[:, 0] if scalar else out
@@ -423,7 +517,7 @@ class HedgingRule:
             return np.full(probs.shape[0], self._specific[self._root], dtype=np.int64)
         return self._specific[self._decide(probs, t)]
 
-    def predict(self, probs, accuracy=0.95) -> np.ndarray:
+    def predict(self, probs, accuracy=0.95, simultaneous: bool = False) -> np.ndarray:
         """Node names meeting ``accuracy`` under ``guarantee``.
 
         Parameters
@@ -431,12 +525,16 @@ class HedgingRule:
         probs : array-like, shape (n_samples, n_leaves)
         accuracy : float in (0, 1], or a sequence of them
             Target hierarchical accuracy; any value works without refitting.
+        simultaneous : bool
+            With several targets: their guarantees hold together with
+            probability ``1 - delta`` (``delta`` split evenly across the
+            distinct targets) instead of each with ``1 - delta`` on its own.
 
         Returns
         -------
         numpy.ndarray of str, shape (n_samples,) for one target, (n_samples, k) for k targets
         """
-        return self._names(self.predict_index(probs, accuracy))
+        return self._names(self.predict_index(probs, accuracy, simultaneous))
 
     def _names(self, idx: np.ndarray) -> np.ndarray:
         return np.asarray(self.taxonomy.nodes, dtype=str)[idx]

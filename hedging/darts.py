@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from hedged.hedging._base import TIE_RTOL, HedgingRule, check_accuracy, check_probs
+from hedged.hedging._base import DEFAULT_GROUP_CAP, TIE_RTOL, HedgingRule, check_accuracy, check_probs
 
 def _transpose(a: np.ndarray) -> np.ndarray:
     """``a.T`` as a C-ordered float64 array, copied in cache-sized tiles (a single
@@ -72,8 +72,9 @@ class Darts(HedgingRule):
 
     _parameter_name = "lambda"
 
-    def __init__(self, taxonomy, guarantee: str = "pac", delta: float = 0.05, prior=None):
-        super().__init__(taxonomy, guarantee=guarantee, delta=delta)
+    def __init__(self, taxonomy, guarantee: str = "pac", delta: float = 0.05, prior=None,
+                 group_cap: int = DEFAULT_GROUP_CAP):
+        super().__init__(taxonomy, guarantee=guarantee, delta=delta, group_cap=group_cap)
         self.prior = prior
 
     def _prepare(self) -> None:
@@ -160,10 +161,11 @@ class Darts(HedgingRule):
         rows = np.repeat(np.arange(n), np.diff(indptr))
         last = np.zeros(lam.size, dtype=bool)
         last[indptr[1:][indptr[1:] > indptr[:-1]] - 1] = True
-        # Node k is answered while lambda(a) < lam[k+1]: lambda(a) = starts[j(a)]
-        # is below it iff j(a) < J = #starts below lam[k+1] iff a <= key[J-1].
+        # Node k is answered while lambda(a) < lam[k+1]: lambda(a) = points[j(a)]
+        # (strictly increasing in j) is below it iff j(a) < J = #points below
+        # lam[k+1] iff a <= key[J-1].
         nxt = np.where(last, np.inf, np.r_[lam[1:], np.inf])
-        j = np.searchsorted(c.starts, nxt, side="left")
+        j = np.searchsorted(c.points, nxt, side="left")
         mt = np.where(j > 0, c.key[np.maximum(j, 1) - 1], -np.inf)
         if c.n == 0:
             mt[:] = -np.inf

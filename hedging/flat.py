@@ -25,7 +25,7 @@ class FlatClassifier(HedgingRule):
         self.calibration_accuracy_ = float(correct.mean()) if probs.shape[0] else float("nan")
         return correct, np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
 
-    def _parameters_for(self, accuracy):
+    def _parameters_for(self, accuracy, simultaneous: bool = False):
         self._check_fitted()
         a, scalar = check_accuracies(accuracy)
         return np.zeros(np.atleast_1d(a).shape), scalar

@@ -123,24 +123,60 @@ def taxonomy_signals(
     return np.stack(cols, axis=1) if cols else np.zeros((z.shape[0], 0))
 
 
-def finite_sample_threshold(scores, max_false_rejection: float) -> float:
-    """Reject threshold with a finite-sample false-rejection guarantee.
+def rejection_rank(n: int, max_false_rejection: float, delta: float | None = None) -> int:
+    """How many of ``n`` calibration scores may lie below the reject threshold.
+
+    Rejecting below the ``k``-th smallest of ``n`` exchangeable in-taxonomy scores
+    gives a future false-rejection rate ``F(s_(k))`` distributed as
+    ``Beta(k, n - k + 1)`` (for a continuous score), so
+
+    * ``delta=None``: ``k = floor(alpha (n + 1))`` keeps the rate at most
+      ``alpha`` *on average over calibration draws* (``E = k / (n + 1)``), but a
+      given draw exceeds it with probability up to one half;
+    * ``delta``: the largest ``k`` with ``P(Beta(k, n - k + 1) > alpha) =
+      P(Binomial(n, alpha) < k) <= delta``, so the rate is at most ``alpha``
+      with probability ``1 - delta`` over the calibration draw.
+
+    ``0`` (too few scores) means the threshold rejects nothing.
+
+    Examples
+    --------
+    >>> rejection_rank(619, 0.02), rejection_rank(619, 0.02, delta=0.05)
+    (12, 7)
+    """
+    if not (0.0 <= max_false_rejection < 1.0):
+        raise ValueError(f"max_false_rejection must be in [0, 1), got {max_false_rejection!r}")
+    if delta is None:
+        return math.floor(max_false_rejection * (n + 1) + 1e-9)
+    if not 0.0 < delta < 1.0:
+        raise ValueError(f"delta must be in (0, 1), got {delta!r}")
+    from scipy import stats
+
+    # binom.cdf(k - 1, n, alpha) <= delta, largest k (non-decreasing in k)
+    ks = np.arange(1, n + 1)
+    ok = stats.binom.cdf(ks - 1, n, max_false_rejection) <= delta
+    return int(ks[ok].max()) if ok.any() else 0
+
+
+def finite_sample_threshold(scores, max_false_rejection: float, delta: float | None = None) -> float:
+    """Reject threshold with a finite-sample false-rejection guarantee (:func:`rejection_rank`).
 
     With ``n`` calibration scores of in-taxonomy inputs and a new in-taxonomy
     input exchangeable with them, rejecting when its score is *below* the
-    ``k``-th smallest calibration score, ``k = floor(alpha (n + 1))``, has
-    probability ``k / (n + 1) <= alpha`` (ties only lower it). ``k = 0`` (too few
-    scores for this ``alpha``) rejects nothing: the threshold is ``-inf``.
+    ``k``-th smallest calibration score keeps the false-rejection rate at most
+    ``max_false_rejection``: on average over calibration draws (``delta=None``),
+    or with probability ``1 - delta`` (ties only lower it). ``k = 0`` (too few
+    scores for this rate) rejects nothing: the threshold is ``-inf``.
 
     Examples
     --------
     >>> finite_sample_threshold([5, 1, 4, 2, 3, 9, 8, 7, 6], 0.2)  # k = floor(0.2 * 10) = 2
     2.0
+    >>> finite_sample_threshold([5, 1, 4, 2, 3, 9, 8, 7, 6], 0.2, delta=0.05)  # P(Bin(9, 0.2) < 1) = 0.13
+    -inf
     """
     s = np.sort(np.asarray(scores, dtype=np.float64).ravel())
-    if not (0.0 <= max_false_rejection < 1.0):
-        raise ValueError(f"max_false_rejection must be in [0, 1), got {max_false_rejection!r}")
-    k = math.floor(max_false_rejection * (s.size + 1) + 1e-9)
+    k = rejection_rank(s.size, max_false_rejection, delta)
     return float(s[k - 1]) if k >= 1 else -math.inf
 
 
@@ -155,6 +191,13 @@ class InTaxonomyDetector:
         Default share of in-taxonomy photos allowed to be called "outside".
     C : float
         Inverse L2 regularisation of the logistic regression.
+    delta : float or None
+        The threshold keeps the false-rejection rate at most ``max_false_rejection``
+        with probability ``1 - delta`` over the draw of the calibration photos
+        (:func:`rejection_rank`); ``None``: only on average over draws. With photos
+        that come in clusters (one contributor's photos score alike) the
+        calibration scores are worth fewer independent ones and the rate can
+        exceed the bound more often (docs/ood.md).
 
     Attributes
     ----------
@@ -172,10 +215,12 @@ class InTaxonomyDetector:
     >>> det.predict(X)              # True = in the taxonomy                        # doctest: +SKIP
     """
 
-    def __init__(self, signals: Sequence[str] = ("imagenet", "energy"), max_false_rejection: float = 0.02, C: float = 1.0):
+    def __init__(self, signals: Sequence[str] = ("imagenet", "energy"), max_false_rejection: float = 0.02, C: float = 1.0,
+                 delta: float | None = 0.05):
         self.signals = tuple(signals)
         self.max_false_rejection = max_false_rejection
         self.C = C
+        self.delta = delta
 
     def _check_X(self, X) -> np.ndarray:
         X = np.asarray(X, dtype=np.float64)
@@ -223,7 +268,7 @@ class InTaxonomyDetector:
         if not hasattr(self, "calibration_scores_"):
             raise NotFittedError("InTaxonomyDetector is not calibrated: call calibrate(X_in) first")
         a = self.max_false_rejection if max_false_rejection is None else max_false_rejection
-        return finite_sample_threshold(self.calibration_scores_, a)
+        return finite_sample_threshold(self.calibration_scores_, a, self.delta)
 
     def predict(self, X, max_false_rejection: float | None = None) -> np.ndarray:
         """Boolean per row: True = in the taxonomy."""
@@ -274,6 +319,7 @@ class InTaxonomyDetector:
             "signals": list(self.signals),
             "max_false_rejection": float(self.max_false_rejection),
             "C": float(self.C),
+            "delta": self.delta,
             "mean": self.mean_.tolist(),
             "scale": self.scale_.tolist(),
             "coef": self.coef_.tolist(),
@@ -285,7 +331,8 @@ class InTaxonomyDetector:
     def from_dict(cls, d: dict) -> InTaxonomyDetector:
         """Inverse of :meth:`to_dict`; ``ValueError`` naming what is wrong."""
         try:
-            det = cls(d["signals"], d["max_false_rejection"], d.get("C", 1.0))
+            # detectors stored before the threshold had its own confidence: average-rate threshold
+            det = cls(d["signals"], d["max_false_rejection"], d.get("C", 1.0), d.get("delta"))
             det.mean_ = np.asarray(d["mean"], dtype=np.float64)
             det.scale_ = np.asarray(d["scale"], dtype=np.float64)
             det.coef_ = np.asarray(d["coef"], dtype=np.float64)

@@ -31,6 +31,8 @@ _GUARANTEE_DOC = """
 
 class _ThresholdRule(HedgingRule):
     _parameter_name = "threshold"
+    # a probability threshold: above 1 every sample gets the root
+    _parameter_max = 1.0
 
     def threshold_for(self, accuracy) -> float:
         """The threshold ``predict(..., accuracy)`` uses (inf = root for all)."""

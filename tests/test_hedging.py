@@ -242,7 +242,8 @@ def test_climbing_hand_computed_dag():
     # Calibration: true leaf y -> x wrong (0.5), Q wrong (0.9): correct iff theta > 0.9.
     rule = Climbing(t, guarantee="expected").fit(p, ["y"])
     assert rule.threshold_for(1.0) == math.inf
-    assert rule.threshold_for(0.5) == np.nextafter(0.9, 1.0)
+    # The segment (0.9, 1]: its midpoint, strictly above the breakpoint 0.9.
+    assert rule.threshold_for(0.5) == pytest.approx(0.95)
 
 
 def test_flat_ignores_target(tree4):
@@ -341,8 +342,11 @@ def test_expected_meets_calibration_target_with_smallest_parameter(seeded, cls, 
     assert tax.is_correct(pred, labels).mean() >= target
     curve = rule.calibration_curve()
     starts = next(iter(curve.values()))
-    # Every smaller parameter misses the target on the calibration data.
-    assert np.all(curve["accuracy"][starts < t] < target)
+    # t lies inside the first segment that meets the target: every segment that
+    # starts below t's segment misses the target on the calibration data.
+    j = int(np.searchsorted(starts, t, side="right")) - 1
+    assert curve["accuracy"][j] >= target
+    assert np.all(curve["accuracy"][:j] < target)
 
 
 # ----------------------------------------------------------------- the PAC guarantee
@@ -385,9 +389,13 @@ def test_tied_breakpoints_calibrate_exactly():
     y = np.array([1, 0, 2])
     rule = Darts(tax, guarantee="expected").fit(P, y)
     assert tax.is_correct(rule.predict(P, accuracy=2 / 3), y).mean() >= 2 / 3
-    assert rule.lambda_for(2 / 3) == pytest.approx(0.9749, abs=1e-4)
-    # The step function has no spurious segment between the two tied events.
+    # The segment starts at the tied breakpoint 0.9749 (2.5 - log2 3) and is the
+    # last one: lambda is twice its start, off the breakpoint.
     lam = rule.calibration_curve()["lambda"]
+    j = int(np.searchsorted(lam, rule.lambda_for(2 / 3), side="right")) - 1
+    assert lam[j] == pytest.approx(0.9749, abs=1e-4) and j == len(lam) - 1
+    assert rule.lambda_for(2 / 3) == pytest.approx(2 * lam[j])
+    # The step function has no spurious segment between the two tied events.
     assert np.all(np.diff(lam) > 1e-9 * lam[1:])
 
 
@@ -419,10 +427,16 @@ def test_decide_at_calibrated_lambda_meets_target_on_calibration_data(seeded, ta
     curve = rule.calibration_curve()
     acc = tax.is_correct(rule.decide_index(probs, lam), labels).mean()
     if math.isfinite(lam):
-        # The decisions at a segment start are exactly what calibration counted.
-        j = int(np.searchsorted(curve["lambda"], lam))
-        assert curve["lambda"][j] == lam
+        # lambda lies strictly inside its segment (or at 0, the domain's end), and
+        # the decisions there are exactly what calibration counted.
+        j = int(np.searchsorted(curve["lambda"], lam, side="right")) - 1
+        assert lam == 0.0 or curve["lambda"][j] < lam
+        assert j + 1 == len(curve["lambda"]) or lam < curve["lambda"][j + 1]
         assert acc == curve["accuracy"][j]
+        # Posteriors that round differently (a float32 copy) decide the same at lambda.
+        p32 = probs.astype(np.float32).astype(np.float64)
+        p32 /= p32.sum(axis=1, keepdims=True)
+        assert tax.is_correct(rule.decide_index(p32, lam), labels).mean() == acc
     if guarantee == "expected":
         assert acc >= target
 
