@@ -21,11 +21,17 @@ import numpy as np
 
 from hedged.results import Node, Prediction
 from hedged.hedging import Darts, check_accuracy
+from hedged.hedging._base import DEFAULT_GROUP_CAP
 from hedged.taxonomy import Taxonomy
 
-#: "pac": PAC over photos; "pac-group": PAC over contributors (groups of photos
-#: of one sender as the exchangeable unit, see hedging.groups); "expected".
-GUARANTEES = ("pac", "pac-group", "expected")
+#: "auto": "pac-seller" when the calibration photos carry contributors, else "pac";
+#: "pac": PAC over photos drawn independently; "pac-seller": PAC over contributors,
+#: the accuracy of the average contributor (each weighs the same); "pac-group": PAC
+#: over contributors, the photo accuracy with each contributor weighing at most
+#: ``group_cap`` photos (hedging.groups); "expected": calibration accuracy only.
+GUARANTEES = ("auto", "pac", "pac-seller", "pac-group", "expected")
+#: Guarantees that need the contributor of each calibration photo.
+GROUP_GUARANTEES = ("pac-seller", "pac-group")
 ERRORS = ("raise", "collect")
 # Images decoded at once: bounds memory on huge directories while keeping
 # several CNN batches in flight per chunk.
@@ -132,15 +138,24 @@ class HedgedClassifier:
     ----------
     taxonomy : Taxonomy
         Leaf order = the classifier's posterior columns.
-    guarantee : {"pac", "pac-group", "expected"}
-        Default guarantee: ``"pac"`` holds with probability ``1 - delta`` over the
-        calibration set, photos counted as independent draws; ``"pac-group"``
-        the same with contributors as the independent draws and their photos
-        arbitrarily alike (needs calibration groups; far more conservative
-        with few contributors, see docs/hedging.md); ``"expected"`` meets the
-        target on the calibration set.
+    guarantee : {"auto", "pac", "pac-seller", "pac-group", "expected"}
+        Default guarantee. Every PAC guarantee holds with probability
+        ``1 - delta`` over the draw of the calibration set; they differ in what
+        is assumed and what is promised (docs/hedging.md):
+        ``"pac-seller"``: contributors are the independent draws and their
+        photos may be arbitrarily alike; the promise is the accuracy of the
+        average contributor (each counts the same). ``"pac-group"``: as
+        ``"pac-seller"``, but the promise is the photo accuracy with each
+        contributor counting for at most ``group_cap`` photos. ``"pac"``: photos
+        are independent draws (true only when each contributor sends one photo;
+        overstated for clustered photos). ``"expected"``: the target is met on
+        the calibration set, no confidence margin. ``"auto"`` (default):
+        ``"pac-seller"`` when the calibration data carries contributors (the
+        bundled model does), else ``"pac"``.
     delta : float
         Failure probability of the PAC guarantee.
+    group_cap : int
+        Photos one contributor may weigh in ``"pac-group"``.
     model, preprocess, tta_angles, temperature
         The CNN side (set by :meth:`from_bundle`); not needed for
         :meth:`predict_from_probs`.
@@ -173,8 +188,9 @@ class HedgedClassifier:
         self,
         taxonomy: Taxonomy,
         *,
-        guarantee: str = "pac",
+        guarantee: str = "auto",
         delta: float = 0.05,
+        group_cap: int = DEFAULT_GROUP_CAP,
         model=None,
         preprocess=None,
         tta_angles: Sequence[float] = (0.0,),
@@ -189,6 +205,7 @@ class HedgedClassifier:
         self.taxonomy = taxonomy
         self.guarantee = check_guarantee(guarantee)
         self.delta = delta
+        self.group_cap = group_cap
         self.model = model
         self.preprocess = preprocess
         angles = check_angles(tta_angles)
@@ -207,17 +224,25 @@ class HedgedClassifier:
     # ------------------------------------------------------------------ build
     @classmethod
     def from_bundle(cls, path=None, *, threads: int | None = None, **kwargs) -> HedgedClassifier:
-        """Load a model bundle (``None``: the bundled default model).
+        """Load a model bundle: the one way every surface (command line, server, batch) loads a model.
 
-        The bundle's CNN, preprocessing, TTA angles, temperature and calibration
-        posteriors are used as they are; ``kwargs`` go to the constructor
-        (``guarantee``, ``delta``, ``batch_size``). An exported bundle
-        (``export.py``) runs on ONNX Runtime with ``threads`` intra-op threads
-        (``None``: one per core) and never imports torch.
+        ``path`` is a bundle directory or the name of a bundled one
+        (``"clothing-int8"``, ``"clothing"``); ``None`` means ``$HEDGED_MODEL``
+        when set, else the bundled default model. The bundle's CNN,
+        preprocessing, TTA angles, temperature and calibration posteriors are
+        used as they are; ``kwargs`` go to the constructor (``guarantee``,
+        ``delta``, ``batch_size``). An exported bundle (``export.py``) runs on
+        ONNX Runtime with ``threads`` intra-op threads (``None``: one per core)
+        and never imports torch.
+
+        Raises
+        ------
+        hedged.models.bundle.BundleError
+            (a ``ValueError``) with one line naming what is missing or wrong.
         """
-        from hedged.models.bundle import DEFAULT_BUNDLE, load_bundle
+        from hedged.models.bundle import load_bundle
 
-        bundle = load_bundle(DEFAULT_BUNDLE if path is None else path, threads=threads)
+        bundle = load_bundle(path, threads=threads)
         model = bundle.model
         if hasattr(model, "fuse_batchnorm"):
             # Folding BatchNorm into the convolutions saves about a fifth of CPU
@@ -232,9 +257,10 @@ class HedgedClassifier:
             **{"detector": bundle.detector, **kwargs},
         )
         clf.bundle_ = bundle
-        return clf.fit(bundle.calibration_probs, bundle.calibration_labels, getattr(bundle, "calibration_groups", None))
+        return clf.fit(bundle.calibration_probs, bundle.calibration_labels, getattr(bundle, "calibration_groups", None),
+                       taxonomy_scores=getattr(bundle, "calibration_taxonomy_scores", None))
 
-    def fit(self, probs, labels, groups=None) -> HedgedClassifier:
+    def fit(self, probs, labels, groups=None, taxonomy_scores=None) -> HedgedClassifier:
         """Store calibration posteriors and labels; the rule for each guarantee
         is fitted from them on first use.
 
@@ -247,7 +273,14 @@ class HedgedClassifier:
             Leaf indices, leaf names or dataset labels (aliases).
         groups : array-like, shape (n,), optional
             Contributor of each calibration sample (e.g. hashed sender ids);
-            needed by ``guarantee="pac-group"``.
+            needed by ``"pac-seller"`` and ``"pac-group"``, and makes
+            ``"auto"`` mean ``"pac-seller"``.
+        taxonomy_scores : array-like, shape (n,), optional
+            The out-of-taxonomy detector's score of each calibration photo. With
+            it, a calibration photo the detector would turn away counts as a
+            miss when the detector runs at prediction time, so the promised
+            accuracy is that of what users see (a clothing photo answered
+            "not clothing" is a wrong answer).
         """
         probs = np.asarray(probs, dtype=np.float64)
         if probs.ndim != 2 or probs.shape[1] != self.taxonomy.n_leaves:
@@ -264,31 +297,61 @@ class HedgedClassifier:
             groups = np.asarray(groups)
             if groups.shape != (probs.shape[0],):
                 raise ValueError(f"calibration groups must have shape ({probs.shape[0]},), got {groups.shape}")
+        if taxonomy_scores is not None:
+            taxonomy_scores = np.asarray(taxonomy_scores, dtype=np.float64)
+            if taxonomy_scores.shape != (probs.shape[0],):
+                raise ValueError(f"calibration taxonomy scores must have shape ({probs.shape[0]},), "
+                                 f"got {taxonomy_scores.shape}")
         self.calibration_probs_ = probs
         self.calibration_labels_ = labels
         self.calibration_groups_ = groups
+        self.calibration_taxonomy_scores_ = taxonomy_scores
         self._rules = {}
         return self
 
-    def rule(self, guarantee: str | None = None) -> Darts:
-        """The DARTS rule fitted on the calibration data for ``guarantee`` (cached)."""
+    def resolve_guarantee(self, guarantee: str | None = None) -> str:
+        """The guarantee a call uses: ``None`` is the classifier's, ``"auto"`` becomes
+        ``"pac-seller"`` when the calibration data carries contributors, else ``"pac"``."""
         guarantee = check_guarantee(self.guarantee if guarantee is None else guarantee)
-        if guarantee not in self._rules:
+        if guarantee == "auto":
+            return "pac-seller" if getattr(self, "calibration_groups_", None) is not None else "pac"
+        return guarantee
+
+    def _calibration_rejected(self) -> np.ndarray | None:
+        """Which calibration photos the detector turns away (None: unknown or no detector)."""
+        scores = getattr(self, "calibration_taxonomy_scores_", None)
+        if scores is None or self.detector is None:
+            return None
+        return scores < self.detector.threshold_for()
+
+    def rule(self, guarantee: str | None = None, count_rejections: bool = False) -> Darts:
+        """The DARTS rule fitted on the calibration data for ``guarantee`` (cached).
+
+        ``count_rejections``: calibrate for answers that go through the
+        out-of-taxonomy detector, counting the calibration photos it turns away
+        as misses (when the calibration photos' detector scores are known).
+        """
+        guarantee = self.resolve_guarantee(guarantee)
+        rejected = self._calibration_rejected() if count_rejections else None
+        key = (guarantee, rejected is not None)
+        if key not in self._rules:
             if not hasattr(self, "calibration_probs_"):
                 raise UncalibratedError(
                     "HedgedClassifier is not calibrated: call fit(probs, labels) or use from_bundle()"
                 )
             groups = None
-            if guarantee == "pac-group":
+            if guarantee in GROUP_GUARANTEES:
                 groups = getattr(self, "calibration_groups_", None)
                 if groups is None:
                     raise UncalibratedError(
-                        "guarantee 'pac-group' needs the contributor of each calibration photo: "
+                        f"guarantee {guarantee!r} needs the contributor of each calibration photo: "
                         "fit(probs, labels, groups) or a bundle that stores calibration groups"
                     )
-            rule = Darts(self.taxonomy, guarantee="expected" if guarantee == "expected" else "pac", delta=self.delta)
-            self._rules[guarantee] = rule.fit(self.calibration_probs_, self.calibration_labels_, groups)
-        return self._rules[guarantee]
+            rule = Darts(self.taxonomy, guarantee="expected" if guarantee == "expected" else "pac", delta=self.delta,
+                         group_cap=1 if guarantee == "pac-seller" else self.group_cap)
+            args = (self.calibration_probs_, self.calibration_labels_, groups)
+            self._rules[key] = rule.fit(*args) if rejected is None else rule.fit(*args, rejected=rejected)
+        return self._rules[key]
 
     def node(self, name) -> Node:
         """The :class:`Node` for a node name (cached)."""
@@ -321,7 +384,7 @@ class HedgedClassifier:
         probs : array-like, shape (N, n_leaves) or (n_leaves,)
         accuracy : float in (0, 1]
             Target accuracy; any value, the calibration is shared.
-        guarantee : {"pac", "pac-group", "expected"}, optional
+        guarantee : {"auto", "pac", "pac-seller", "pac-group", "expected"}, optional
             Default: the classifier's.
         sources : sequence of str, optional
             Names to put in ``Prediction.source``.
@@ -342,11 +405,12 @@ class HedgedClassifier:
             child, as every rule does), with ``leaf_at_target`` always set.
         """
         accuracy = check_accuracy(accuracy)
-        guarantee = check_guarantee(self.guarantee if guarantee is None else guarantee)
+        guarantee = self.resolve_guarantee(guarantee)
         probs = np.asarray(probs, dtype=np.float64)
         if probs.ndim == 1:
             probs = probs[None, :]
-        rule = self.rule(guarantee)
+        # answers that went through the detector are calibrated with its rejections as misses
+        rule = self.rule(guarantee, count_rejections=in_taxonomy is not None)
         if accuracy >= 1.0:
             # The rules answer the root silently (a curve over targets ends at 1);
             # a user who asks for 1 is told, as for 0.9999, which no calibration certifies.
@@ -374,14 +438,16 @@ class HedgedClassifier:
         inside = [None] * probs.shape[0] if in_taxonomy is None else [bool(v) for v in np.asarray(in_taxonomy)]
         scores = [None] * probs.shape[0] if taxonomy_scores is None else [float(v) for v in np.asarray(taxonomy_scores)]
         nodes, leaves = self.taxonomy.nodes, self.taxonomy.leaves
+        all_node_p = self.taxonomy.node_probs(probs) if path_over_targets else None
         out = []
         for r, (src, i, p, g, j, lp, la, ins, sc) in enumerate(
             zip(sources, idx, node_p, gain, leaf_idx, leaf_p, leaf_at, inside, scores)
         ):
-            path = None
+            path = path_p = None
             if path_over_targets:
                 ks = range(indptr[r], indptr[r + 1])
                 path = tuple((float(max_target[k]), self.node(nodes[step_node[k]])) for k in ks)
+                path_p = tuple(float(all_node_p[r, step_node[k]]) for k in ks)
             out.append(
                 Prediction(
                     source=src,
@@ -395,6 +461,7 @@ class HedgedClassifier:
                     guaranteed=guaranteed,
                     leaf_at_target=None if math.isnan(la) else float(la),
                     answer_path=path,
+                    answer_path_probabilities=path_p,
                     in_taxonomy=ins,
                     taxonomy_score=sc,
                 )
@@ -552,7 +619,7 @@ class HedgedClassifier:
         accuracy : float in (0, 1]
             Target accuracy (probability that the answered node contains the
             true class).
-        guarantee : {"pac", "pac-group", "expected"}, optional
+        guarantee : {"auto", "pac", "pac-seller", "pac-group", "expected"}, optional
         errors : {"raise", "collect"}
             ``"collect"``: an input that cannot be read gives a ``Prediction``
             with ``error`` set, the others are classified.
@@ -576,7 +643,7 @@ class HedgedClassifier:
         list of Prediction, one per input, in input order
         """
         accuracy = check_accuracy(accuracy)
-        guarantee = check_guarantee(self.guarantee if guarantee is None else guarantee)
+        guarantee = self.resolve_guarantee(guarantee)
         angles, calibrated = self.resolve_tta(tta, allow_uncalibrated)
         self.rule(guarantee)  # calibration problems surface before the CNN runs
         check = self.check_taxonomy if check_taxonomy is None else bool(check_taxonomy)
@@ -702,7 +769,7 @@ class HedgedClassifier:
 
         accuracy = check_accuracy(accuracy)
         method = check_method(method)
-        guarantee = check_guarantee(self.guarantee if guarantee is None else guarantee)
+        guarantee = self.resolve_guarantee(guarantee)
         if not _is_single_input(image):
             raise ValueError("explain takes one image (a path, PIL image, array or tensor), not a collection")
         if isinstance(max_side, bool) or not isinstance(max_side, (int, np.integer)) or max_side < 16:

@@ -150,6 +150,7 @@ def evaluate(
     targets=GRID_TARGETS,
     table_targets=TABLE_TARGETS,
     cal_groups=None,
+    group_cap: int = 10,
 ) -> dict:
     """Fit every rule on the calibration split and measure it on the test split.
 
@@ -159,8 +160,10 @@ def evaluate(
     cal_probs, test_probs : array-like, shape (n, n_leaves)
     cal_labels, test_labels : array-like, shape (n,)
         Leaf indices, names or aliases.
-    guarantee : {"pac", "pac-group", "expected"}
-        ``"pac-group"``: the PAC bound over contributors (needs ``cal_groups``).
+    guarantee : {"pac", "pac-seller", "pac-group", "expected"}
+        ``"pac-seller"`` / ``"pac-group"``: the PAC bound over contributors (needs
+        ``cal_groups``): the average contributor's accuracy, or the photo accuracy
+        with each contributor weighing at most ``group_cap`` photos.
     delta : float
         Passed to every rule.
     alpha : float
@@ -170,7 +173,9 @@ def evaluate(
     table_targets : sequence of float
         Targets of the summary table.
     cal_groups : array-like (n_cal,), optional
-        Contributor of each calibration sample, for ``guarantee="pac-group"``.
+        Contributor of each calibration sample, for ``"pac-seller"`` and ``"pac-group"``.
+    group_cap : int
+        Photos one contributor may weigh in ``"pac-group"``.
 
     Returns
     -------
@@ -181,10 +186,12 @@ def evaluate(
     targets = np.asarray(targets, dtype=np.float64)
     table_targets = np.asarray(table_targets, dtype=np.float64)
 
-    if guarantee == "pac-group" and cal_groups is None:
-        raise ValueError("guarantee 'pac-group' needs cal_groups (the contributor of each calibration sample)")
-    groups = cal_groups if guarantee == "pac-group" else None
+    by_group = guarantee in ("pac-seller", "pac-group")
+    if by_group and cal_groups is None:
+        raise ValueError(f"guarantee {guarantee!r} needs cal_groups (the contributor of each calibration sample)")
+    groups = cal_groups if by_group else None
     rule_guarantee = "expected" if guarantee == "expected" else "pac"
+    cap = 1 if guarantee == "pac-seller" else group_cap
     curves, table, depth, classes = {}, {}, None, None
     every = np.r_[targets, table_targets]
     fallback = {}
@@ -193,7 +200,7 @@ def evaluate(
         # report gathers that into one note and one console warning below.
         warnings.simplefilter("ignore")
         for key, cls in RULES.items():
-            rule = cls(taxonomy, guarantee=rule_guarantee, delta=delta).fit(cal_probs, cal_y, groups)
+            rule = cls(taxonomy, guarantee=rule_guarantee, delta=delta, group_cap=cap).fit(cal_probs, cal_y, groups)
             curves[key], table[key], d, at_table = _rule_metrics(
                 taxonomy, rule, test_probs, test_y, targets, table_targets, alpha
             )
@@ -412,8 +419,12 @@ def _markdown(metrics: dict, figures: dict, title: str, provenance: Mapping | No
         + {
             "pac": f" (holds with probability {1 - m['delta']:.2f} over the calibration set, images counted as "
                    "independent draws)",
+            "pac-seller": f" (holds with probability {1 - m['delta']:.2f} over the calibration set, contributors "
+                          "counted as the independent draws and their images as arbitrarily alike; the promise is "
+                          "the accuracy of the average contributor)",
             "pac-group": f" (holds with probability {1 - m['delta']:.2f} over the calibration set, contributors "
-                         "counted as the independent draws and their images as arbitrarily alike)",
+                         "counted as the independent draws and their images as arbitrarily alike; the promise is "
+                         "the image accuracy with each contributor counting for at most a fixed number of images)",
         }.get(m["guarantee"], " (calibration accuracy meets the target)")
         + ".",
         "",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from hedged.taxonomy import Taxonomy
@@ -107,6 +108,8 @@ class Prediction:
         The detector's score (higher = more like the taxonomy's photos).
     warnings : tuple of str
         Reasons to trust this answer less (a tiny image); empty for most.
+    answer_path_probabilities : tuple of float, or None
+        With ``answer_path``: each step's node posterior.
     """
 
     source: str | None
@@ -124,6 +127,7 @@ class Prediction:
     in_taxonomy: bool | None = None
     taxonomy_score: float | None = None
     warnings: tuple[str, ...] = ()
+    answer_path_probabilities: tuple[float, ...] | None = None
 
     @property
     def ok(self) -> bool:
@@ -188,3 +192,47 @@ class Prediction:
                 {"max_target": t, "node": node.name, "display_name": node.display_name} for t, node in self.answer_path
             ]
         return out
+
+    def to_record(self) -> dict:
+        """The answer record every surface shows: ``predict --json``, ``/v1/predict``, batch rows, the page.
+
+        :meth:`to_dict` made strict for JSON (no NaN) and, when the prediction
+        carries an answer path with its probabilities, each step with its node's
+        ``probability`` and ``path``. The fields are :data:`RECORD_FIELDS` (an
+        error record: ``image`` and ``error``); the schema is in docs/usage.md.
+        """
+        out = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in self.to_dict().items()}
+        if self.answer_path is not None and self.answer_path_probabilities is not None:
+            for step, (_, node), p in zip(out["answer_path"], self.answer_path, self.answer_path_probabilities):
+                step["probability"] = float(p)
+                step["path"] = list(node.path)
+        return out
+
+
+#: The fields of an answer record (:meth:`Prediction.to_record`), in order, with their meaning.
+RECORD_FIELDS = {
+    "image": "the input's path (or the uploaded name); null for in-memory images",
+    "in_taxonomy": "the not-clothing detector's verdict: false = outside the taxonomy (node is null); null = not checked",
+    "taxonomy_score": "the detector's score (higher = more like the taxonomy's photos); null when not checked",
+    "node": "the answered node's name; null when outside the taxonomy",
+    "display_name": "the node's human name",
+    "path": "display names from the root down to the node",
+    "depth": "edges from the root (0 = the root: 'not sure beyond the root')",
+    "probability": "posterior of the node (sum of its leaves' posteriors), in [0, 1]",
+    "info_gain": "normalised information gain of the node: 0 at the root, 1 at a leaf",
+    "leaves": "the leaves under the node",
+    "labels": "the data set labels of those leaves",
+    "leaf_guess": "the most probable leaf (what a flat classifier answers)",
+    "leaf_guess_display_name": "its human name",
+    "leaf_probability": "its posterior",
+    "accuracy_target": "the accuracy target the node was chosen for",
+    "guarantee": "how the target is guaranteed: pac, pac-seller, pac-group or expected",
+    "guarantee_holds": "false when the photo was classified with test-time rotations the calibration was not made for",
+    "leaf_at_target": "the largest target at which the answer would be a leaf (null: none)",
+    "warnings": "reasons to trust this answer less (a tiny image)",
+}
+#: Extra field of a record asked for with ``path_over_targets`` (each step: max_target, node,
+#: display_name, and with the probabilities probability and path).
+PATH_FIELD = "answer_path"
+#: The fields of a record for an input that could not be read.
+ERROR_FIELDS = ("image", "error")

@@ -75,8 +75,49 @@ DEFAULT_TORCH_BUNDLE = Path(__file__).resolve().parent / "bundles" / "clothing"
 DEFAULT_BUNDLE = Path(__file__).resolve().parent / "bundles" / "clothing-int8"
 
 
+#: Environment variable naming the bundle used when none is given (a directory or a bundled name).
+MODEL_ENV = "HEDGED_MODEL"
+
+
 class BundleError(ValueError):
     """A model bundle is missing, tampered with, or internally inconsistent."""
+
+
+def bundled_names() -> list[str]:
+    """Names of the bundles that ship with the package (``clothing``, ``clothing-int8``)."""
+    root = DEFAULT_BUNDLE.parent
+    return sorted(p.name for p in root.iterdir() if (p / MANIFEST).is_file()) if root.is_dir() else []
+
+
+def resolve_bundle(model=None, env=None) -> Path:
+    """The bundle directory a model argument names; the one rule every surface uses.
+
+    ``model`` is a bundle directory, or the name of a bundled one
+    (:func:`bundled_names`); ``None`` means ``$HEDGED_MODEL`` (read from ``env``,
+    default ``os.environ``) when set, else :data:`DEFAULT_BUNDLE`.
+
+    Raises
+    ------
+    BundleError
+        One line naming what was not found.
+    """
+    import os
+
+    env = os.environ if env is None else env
+    given = model is not None
+    if model is None:
+        model = env.get(MODEL_ENV) or None
+    if model is None:
+        if not DEFAULT_BUNDLE.is_dir():
+            raise BundleError(f"the default model bundle is missing ({DEFAULT_BUNDLE}); name a bundle directory")
+        return DEFAULT_BUNDLE
+    path = Path(model).expanduser()
+    if path.exists():
+        return path
+    if not any(sep in str(model) for sep in ("/", "\\")) and (DEFAULT_BUNDLE.parent / str(model)).is_dir():
+        return DEFAULT_BUNDLE.parent / str(model)
+    origin = "" if given else f" (from ${MODEL_ENV})"
+    raise BundleError(f"model bundle not found: {model}{origin}")
 
 
 @dataclass
@@ -424,7 +465,8 @@ def load_bundle(path=None, *, verify: bool = True, threads: int | None = None) -
     Parameters
     ----------
     path : str or Path or None
-        Bundle directory; ``None`` loads :data:`DEFAULT_BUNDLE`.
+        Bundle directory or bundled name; ``None`` loads ``$HEDGED_MODEL`` when
+        set, else :data:`DEFAULT_BUNDLE` (:func:`resolve_bundle`).
     verify : bool
         Check each file's sha256 against the manifest (a few ms for a 7 MB bundle).
     threads : int or None
@@ -442,7 +484,7 @@ def load_bundle(path=None, *, verify: bool = True, threads: int | None = None) -
         disagree (taxonomy leaves vs head size vs calibration columns, bad TTA angles,
         bad temperature, weights that do not fit the architecture).
     """
-    path = Path(DEFAULT_BUNDLE if path is None else path)
+    path = resolve_bundle(path)
     manifest = read_manifest(path)
     if verify:
         verify_files(path, manifest)

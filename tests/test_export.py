@@ -76,7 +76,7 @@ def _make_torch_bundle(path: Path, data: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from hedged.models.export import export_bundle
+    from hedged.export import export_bundle
 
     root = tmp_path_factory.mktemp("export")
     data = _make_data(root / "data")
@@ -215,7 +215,7 @@ def test_an_onnx_bundle_without_its_exact_source_cannot_be_explained(setup, tmp_
 
 
 def test_export_refuses_data_with_another_hash(setup, tmp_path):
-    from hedged.models.export import export_bundle
+    from hedged.export import export_bundle
 
     data = tmp_path / "data"
     shutil.copytree(setup["data"], data)
@@ -382,7 +382,7 @@ def test_decision_file_alone_gives_the_library_nodes(setup):
 
 
 def test_decision_table_on_a_hand_made_taxonomy():
-    from hedged.models.export import decision_table
+    from hedged.export import decision_table
 
     tax = Taxonomy.from_edges([("animal", "cat"), ("animal", "dog"), ("root", "animal"), ("root", "car")])
     p = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]] * 20)

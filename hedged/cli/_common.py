@@ -156,14 +156,6 @@ def load_classifier(model, **kwargs):
     from hedged.classifier import HedgedClassifier
 
     threads = kwargs.pop("threads", None)
-
-    if model is not None and not Path(model).exists():
-        raise UsageError(f"model bundle not found: {model}")
-    if model is None:
-        from hedged.models.bundle import DEFAULT_BUNDLE
-
-        if not Path(DEFAULT_BUNDLE).exists():
-            raise UsageError(f"the default model bundle is missing ({DEFAULT_BUNDLE}); pass --model DIR")
     try:
         clf = HedgedClassifier.from_bundle(model, threads=threads, **kwargs)
         if threads is not None and not hasattr(clf.model, "session"):
@@ -172,5 +164,9 @@ def load_classifier(model, **kwargs):
             torch.set_num_threads(threads)
         return clf
     except (ValueError, OSError, KeyError) as err:
+        from hedged.models.bundle import BundleError
+
+        if isinstance(err, BundleError) and str(err).startswith(("model bundle not found", "the default model")):
+            raise UsageError(str(err)) from None
         where = model if model is not None else "the default bundle"
         raise UsageError(f"cannot load model bundle {where}: {err}") from None

@@ -7,6 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from hedged.classifier import GUARANTEES
 from hedged.cli._common import (
     EXIT_OK,
     Parser,
@@ -71,9 +72,11 @@ def build_parser() -> Parser:
                       help="without --cal-probs: share of --probs used for calibration (default 0.5)")
     post.add_argument("--seed", type=int, default=0, help="seed of that split (default 0)")
     rule = p.add_argument_group("rules")
-    rule.add_argument("--guarantee", choices=("pac", "pac-group", "expected"), default="pac",
-                      help="pac: photos as independent draws (default); pac-group: contributors as the draws "
-                           "(needs the bundle's calibration groups); expected: calibration accuracy meets the target")
+    rule.add_argument("--guarantee", choices=[g for g in GUARANTEES], default="auto",
+                      help="auto (default): pac-seller when the calibration photos' contributors are known, else "
+                           "pac; pac-seller: the average contributor's accuracy, contributors as the draws; "
+                           "pac-group: photo accuracy with each contributor counting for at most 10 photos; "
+                           "pac: photos as independent draws; expected: calibration accuracy meets the target")
     rule.add_argument("--delta", type=float, default=0.05, help="PAC failure probability (default 0.05)")
     rule.add_argument("--alpha", type=float, default=0.05, help="Clopper-Pearson level of the plotted intervals")
     p.add_argument("--title", default=None, help="report title")
@@ -309,11 +312,18 @@ def _run(args, argv) -> int:
     cmd = sys.argv[1:] if argv is None else list(argv)
     provenance["command"] = "python evaluate.py " + shlex.join(cmd)
     title = args.title or f"Hedged prediction report ({provenance['source']})"
+    cal_groups = cal[2] if len(cal) > 2 else None
+    guarantee = args.guarantee
+    if guarantee == "auto":
+        guarantee = "pac-seller" if cal_groups is not None else "pac"
+    elif guarantee in ("pac-seller", "pac-group") and cal_groups is None:
+        raise UsageError(f"--guarantee {guarantee} needs the calibration photos' contributors "
+                         "(a bundle that stores them); this calibration data has none")
     try:
         metrics = write_report(
             args.out, taxonomy, cal[0], cal[1], test[0], test[1],
-            title=title, provenance=provenance, guarantee=args.guarantee, delta=args.delta, alpha=args.alpha,
-            cal_groups=cal[2] if len(cal) > 2 else None,
+            title=title, provenance=provenance, guarantee=guarantee, delta=args.delta, alpha=args.alpha,
+            cal_groups=cal_groups,
         )
     except ValueError as err:  # shapes, labels not in the taxonomy, bad posteriors
         raise UsageError(str(err)) from None

@@ -66,7 +66,7 @@ def _run(args) -> int:
     if not Path(args.data).exists():
         raise UsageError(f"data not found: {args.data}")
     try:
-        from hedged.models.export import DEFAULT_FP32_LAYERS, export_bundle
+        from hedged.export import DEFAULT_FP32_LAYERS, export_bundle
         from hedged.models.onnx_model import MAX_OPSET, MIN_OPSET
     except ImportError as err:
         raise UsageError(f"export needs torch and onnx: pip install 'hedged[export]' ({err})") from None

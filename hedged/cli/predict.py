@@ -8,6 +8,7 @@ import math
 import sys
 import warnings
 
+from hedged.classifier import GUARANTEES
 from hedged.cli._common import (
     EXIT_FAILED_INPUTS,
     EXIT_INTERRUPTED,
@@ -89,11 +90,14 @@ def build_parser() -> Parser:
     p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files, directories or glob patterns")
     p.add_argument("--accuracy", default="0.95", metavar="A",
                    help="target accuracy in (0, 1] (default 0.95); 1 can only be met by the root")
-    p.add_argument("--guarantee", choices=("pac", "pac-group", "expected"), default="pac",
-                   help="pac: holds with probability 1-delta over the calibration set, photos as independent "
-                        "draws (default); pac-group: the same with contributors as the draws and their photos "
-                        "arbitrarily alike (needs a bundle with calibration groups; far more conservative, "
-                        "see docs/hedging.md); expected: calibration accuracy meets the target")
+    p.add_argument("--guarantee", choices=GUARANTEES, default="auto",
+                   help="auto (default): pac-seller when the model stores its calibration photos' contributors "
+                        "(the bundled one does), else pac; pac-seller: with probability 1-delta over the "
+                        "calibration set, the average contributor's accuracy meets the target (contributors as "
+                        "the independent draws, their photos arbitrarily alike); pac-group: the same for the "
+                        "photo accuracy with each contributor counting for at most 10 photos; pac: photos as "
+                        "independent draws (overstated when photos come in clusters); expected: calibration "
+                        "accuracy meets the target (docs/hedging.md)")
     p.add_argument("--model", metavar="DIR", default=None, help="model bundle directory (default: the bundled model)")
     p.add_argument("--tta", metavar="ANGLES", default=None,
                    help="rotation test-time augmentation: comma-separated degrees (0,90,180,270 or -15,0,15) "
@@ -409,13 +413,8 @@ class _Writer:
 
 
 def json_record(pred) -> dict:
-    """The JSON object ``--json`` prints for one :class:`~hedged.results.Prediction`.
-
-    The HTTP API returns the same records (``hedged.server``), so that the two
-    cannot drift apart.
-    """
-    # JSON has no NaN; error objects carry none, but be strict for consumers.
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in pred.to_dict().items()}
+    """The JSON object ``--json`` prints for one prediction: :meth:`~hedged.results.Prediction.to_record`."""
+    return pred.to_record()
 
 
 if __name__ == "__main__":  # python -m hedged.cli.predict

@@ -29,10 +29,10 @@ accuracy target, with a calibrated guarantee. Answers are those of
 
 
 def default_loader(settings: Settings):
-    """The classifier ``predict.py`` would run: same bundle resolution, same loading."""
-    from hedged.cli._common import load_classifier
+    """The classifier ``predict.py`` would run: the library's one loader, same bundle resolution."""
+    from hedged.classifier import HedgedClassifier
 
-    return lambda: load_classifier(settings.model, batch_size=settings.batch_size)
+    return lambda: HedgedClassifier.from_bundle(settings.model, batch_size=settings.batch_size)
 
 
 def create_app(settings: Settings | None = None, *, loader=None) -> FastAPI:

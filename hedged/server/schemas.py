@@ -79,14 +79,18 @@ class PathStep(BaseModel):
 
 
 class ImageResult(BaseModel):
-    """One image: exactly the object ``predict.py --json`` prints for it, or
-    ``{"image", "error"}`` when it cannot be read; ``answer_path`` only when asked."""
+    """One image: the library's answer record (``Prediction.to_record()``, exactly the
+    object ``predict.py --json`` prints), or ``{"image", "error"}`` when it cannot be
+    read; ``answer_path`` only when asked. Its fields are tested against
+    ``hedged.results.RECORD_FIELDS``, so the schema cannot drift from the record."""
 
     # Keys predict.py adds later pass through unchanged: one record format.
     model_config = ConfigDict(extra="allow")
 
     image: str
     error: str | None = None
+    in_taxonomy: bool | None = None
+    taxonomy_score: float | None = None
     node: str | None = None
     display_name: str | None = None
     path: list[str] | None = None
@@ -102,6 +106,7 @@ class ImageResult(BaseModel):
     guarantee: str | None = None
     guarantee_holds: bool | None = None
     leaf_at_target: float | None = None
+    warnings: list[str] | None = None
     answer_path: list[PathStep] | None = None
 
 

@@ -1,9 +1,9 @@
 """What the HTTP routes ask of the library: classify uploads, describe the model.
 
 Everything here runs the facade (``HedgedClassifier``) exactly as ``predict.py``
-does and builds each image's record with ``predict.py``'s own
-:func:`~hedged.cli.predict.json_record`, so the API and the command line
-cannot drift apart.
+does and builds each image's record with the library's
+:meth:`~hedged.results.Prediction.to_record`, the one definition every surface
+uses, so the API and the command line cannot drift apart.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from importlib import metadata
 import numpy as np
 
 from hedged.classifier import GUARANTEES
-from hedged.cli.predict import json_record
 from hedged.results import Prediction
 
 
@@ -58,20 +57,15 @@ def classify(clf, uploads: list[Upload], accuracy: float, guarantee: str, with_p
             images.append(clf.preprocess.load(_named_stream(up)))
             rows.append(i)
         except (ImageLoadError, OSError) as err:
-            records[i] = json_record(Prediction.failed(up.name, str(err), accuracy, guarantee))
+            records[i] = Prediction.failed(up.name, str(err), accuracy, guarantee).to_record()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if images:
             # The facade call predict.py makes (taxonomy check included).
             preds = clf.predict(images, accuracy, guarantee, errors="collect", path_over_targets=with_path)
-            # The steps' probabilities need the posteriors: a second pass, only when a path is asked for.
-            node_p = clf.node_proba(clf.predict_proba(images)) if with_path else None
-            for r, (i, pred) in enumerate(zip(rows, preds)):
-                records[i] = record = json_record(pred)
+            for i, pred in zip(rows, preds):
+                records[i] = record = pred.to_record()
                 record["image"] = uploads[i].name
-                for step in record.get("answer_path") or ():
-                    step["probability"] = float(node_p[r, clf.taxonomy.node_index(step["node"])])
-                    step["path"] = list(clf.node(step["node"]).path)
     messages = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))
     return records, messages
 
@@ -98,7 +92,7 @@ def _png_data_url(rgba: np.ndarray) -> str:
 
 def explanation_record(expl, name: str) -> dict:
     """``POST /v1/explain``'s JSON: the answer record and one transparent overlay per node."""
-    answer = json_record(expl.prediction)
+    answer = expl.prediction.to_record()
     answer["image"] = name
     height, width = expl.image.shape[:2]
     out = {
