@@ -17,8 +17,12 @@ produces anyway into one decision:
     the L2 norm of the penultimate features;
 ``mahalanobis``
     minus the squared Mahalanobis distance of the features to the mean of the
-    taxonomy's photos (Lee et al. 2018; one mean, Ledoit-Wolf shrunk covariance
-    estimated on held-out clothing photos).
+    taxonomy's photos (one mean, Ledoit-Wolf shrunk covariance);
+``mahalanobis_class``
+    minus the squared Mahalanobis distance to the *nearest class* mean, with one
+    shared covariance (Lee et al. 2018's class-conditional Gaussians): a class far
+    from the others (bodysuits) is judged against its own mean, not the average
+    garment's, so the false-rejection rate holds per class.
 
 Each is computed per TTA view and averaged over the views. A logistic
 regression on the standardised signals (fitted on clothing photos against
@@ -41,8 +45,8 @@ from hedged.hedging._base import NotFittedError
 
 __all__ = ["SIGNALS", "InTaxonomyDetector", "finite_sample_threshold", "taxonomy_signals"]
 
-SIGNALS = ("imagenet", "energy", "max_logit", "feature_norm", "mahalanobis")
-_NEEDS_FEATURES = ("imagenet", "feature_norm", "mahalanobis")
+SIGNALS = ("imagenet", "energy", "max_logit", "feature_norm", "mahalanobis", "mahalanobis_class")
+_NEEDS_FEATURES = ("imagenet", "feature_norm", "mahalanobis", "mahalanobis_class")
 
 
 def _logsumexp(z: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -59,6 +63,7 @@ def taxonomy_signals(
     imagenet_in=None,
     feature_mean=None,
     feature_precision=None,
+    class_means=None,
     signals: Sequence[str] = SIGNALS,
 ) -> np.ndarray:
     """The detector's raw signals of each image, averaged over its TTA views.
@@ -75,6 +80,9 @@ def taxonomy_signals(
         ImageNet class indices inside the taxonomy (clothing, footwear, headdress).
     feature_mean, feature_precision : array-like, shapes (D,) and (D, D)
         Mean and inverse covariance of in-taxonomy features; needed for ``mahalanobis``.
+    class_means : array-like, shape (C, D)
+        Per-class feature means; with ``feature_precision`` (the shared within-class
+        covariance's inverse) needed for ``mahalanobis_class``.
     signals : sequence of str
         Which of :data:`SIGNALS`, in this column order.
 
@@ -117,6 +125,16 @@ def taxonomy_signals(
                 raise ValueError("signal 'mahalanobis' needs feature_mean and feature_precision")
             d = f - np.asarray(feature_mean, dtype=np.float64)
             v = -np.einsum("nkd,nkd->nk", d @ np.asarray(feature_precision, dtype=np.float64), d)
+        elif name == "mahalanobis_class":
+            if class_means is None or feature_precision is None:
+                raise ValueError("signal 'mahalanobis_class' needs class_means and feature_precision")
+            P = np.asarray(feature_precision, dtype=np.float64)
+            mu = np.asarray(class_means, dtype=np.float64)
+            fp = f @ P
+            # |f - mu_c|_P^2 = f P f - 2 f P mu_c + mu_c P mu_c, nearest class
+            d2 = (np.einsum("nkd,nkd->nk", fp, f)[..., None] - 2.0 * fp @ mu.T
+                  + np.einsum("cd,cd->c", mu @ P, mu)[None, None, :])
+            v = -d2.min(axis=-1)
         else:
             v = np.linalg.norm(f, axis=-1)
         cols.append(v.mean(axis=1))
@@ -216,11 +234,14 @@ class InTaxonomyDetector:
     """
 
     def __init__(self, signals: Sequence[str] = ("imagenet", "energy"), max_false_rejection: float = 0.02, C: float = 1.0,
-                 delta: float | None = 0.05):
+                 delta: float | None = 0.05, feature_dims: int | None = None):
         self.signals = tuple(signals)
         self.max_false_rejection = max_false_rejection
         self.C = C
         self.delta = delta
+        # read only the first feature_dims features (an ensemble's first member): its
+        # matrices stay the size of one network's
+        self.feature_dims = feature_dims
 
     def _check_X(self, X) -> np.ndarray:
         X = np.asarray(X, dtype=np.float64)
@@ -276,7 +297,8 @@ class InTaxonomyDetector:
 
     # ------------------------------------------------------ from model outputs
     def set_head(
-        self, imagenet_weight=None, imagenet_bias=None, imagenet_in=None, feature_mean=None, feature_precision=None
+        self, imagenet_weight=None, imagenet_bias=None, imagenet_in=None, feature_mean=None, feature_precision=None,
+        class_means=None,
     ) -> InTaxonomyDetector:
         """Attach the arrays the ``imagenet`` (head, in-taxonomy class indices) and
         ``mahalanobis`` (feature mean and precision) signals need."""
@@ -288,6 +310,7 @@ class InTaxonomyDetector:
         self.imagenet_in_ = arr(imagenet_in, np.int64)
         self.feature_mean_ = arr(feature_mean, np.float32)
         self.feature_precision_ = arr(feature_precision, np.float32)
+        self.class_means_ = arr(class_means, np.float32)
         return self
 
     @property
@@ -296,6 +319,8 @@ class InTaxonomyDetector:
 
     def signals_of(self, logits, features=None) -> np.ndarray:
         """:func:`taxonomy_signals` of model outputs, with this detector's signals and head."""
+        if features is not None and self.feature_dims:
+            features = np.asarray(features)[..., : self.feature_dims]
         return taxonomy_signals(
             logits,
             features,
@@ -304,6 +329,7 @@ class InTaxonomyDetector:
             imagenet_in=getattr(self, "imagenet_in_", None),
             feature_mean=getattr(self, "feature_mean_", None),
             feature_precision=getattr(self, "feature_precision_", None),
+            class_means=getattr(self, "class_means_", None),
             signals=self.signals,
         )
 
@@ -320,6 +346,7 @@ class InTaxonomyDetector:
             "max_false_rejection": float(self.max_false_rejection),
             "C": float(self.C),
             "delta": self.delta,
+            "feature_dims": self.feature_dims,
             "mean": self.mean_.tolist(),
             "scale": self.scale_.tolist(),
             "coef": self.coef_.tolist(),
@@ -332,7 +359,7 @@ class InTaxonomyDetector:
         """Inverse of :meth:`to_dict`; ``ValueError`` naming what is wrong."""
         try:
             # detectors stored before the threshold had its own confidence: average-rate threshold
-            det = cls(d["signals"], d["max_false_rejection"], d.get("C", 1.0), d.get("delta"))
+            det = cls(d["signals"], d["max_false_rejection"], d.get("C", 1.0), d.get("delta"), d.get("feature_dims"))
             det.mean_ = np.asarray(d["mean"], dtype=np.float64)
             det.scale_ = np.asarray(d["scale"], dtype=np.float64)
             det.coef_ = np.asarray(d["coef"], dtype=np.float64)

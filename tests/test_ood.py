@@ -65,11 +65,14 @@ def test_signals_hand_computed():
     X = taxonomy_signals(
         logits, feats, imagenet_weight=w, imagenet_bias=np.zeros(3), imagenet_in=[1],
         feature_mean=[1.0, 2.0], feature_precision=np.diag([2.0, 0.5]),
+        class_means=[[1.0, 2.0], [3.0, 3.0]],
     )
     energy, max_logit, norm = math.log(4.0), math.log(3.0), 5.0
     imagenet = 4.0 - math.log(math.exp(3) + math.exp(4) + 1.0)  # log p(class 1)
     mahalanobis = -(2.0 * 2**2 + 0.5 * 2**2)  # d = (2, 2)
-    np.testing.assert_allclose(X, [[imagenet, energy, max_logit, norm, mahalanobis]])
+    # nearest class mean: (3, 3), d = (0, 1) -> 0.5 (the other is the global mean's 10)
+    mahalanobis_class = -0.5
+    np.testing.assert_allclose(X, [[imagenet, energy, max_logit, norm, mahalanobis, mahalanobis_class]])
 
 
 def test_signals_average_the_views_and_accept_2d():
@@ -86,6 +89,8 @@ def test_signals_errors():
         taxonomy_signals(z, signals=["feature_norm"])
     with pytest.raises(ValueError, match="feature_mean"):
         taxonomy_signals(z, np.zeros((2, 1, 4)), signals=["mahalanobis"])
+    with pytest.raises(ValueError, match="class_means"):
+        taxonomy_signals(z, np.zeros((2, 1, 4)), signals=["mahalanobis_class"])
     with pytest.raises(ValueError, match="agree on"):
         taxonomy_signals(z, np.zeros((2, 2, 4)), signals=["feature_norm"])
 
@@ -142,7 +147,9 @@ def test_detector_json_round_trip():
 # ---------------------------------------------------------------- bundle, facade, CLI
 def _energy_detector(calibration_score: float) -> InTaxonomyDetector:
     """Score = energy; every image is rejected when the calibration scores lie above its energy."""
-    det = InTaxonomyDetector(["energy"])
+    # delta=None: the average-rate threshold (k = 1 of 60 at 2%); with 95% confidence 60
+    # scores could not reject anything, and these tests are about the plumbing
+    det = InTaxonomyDetector(["energy"], delta=None)
     det.mean_, det.scale_, det.coef_, det.intercept_ = np.zeros(1), np.ones(1), np.ones(1), 0.0
     det.calibration_scores_ = np.full(60, calibration_score)
     return det
@@ -269,3 +276,18 @@ def test_shipped_model_accepts_the_example_photos(shipped):
     assert all(p.in_taxonomy is True and p.node is not None for p in preds), [
         (p.source, p.taxonomy_score) for p in preds if not p.in_taxonomy
     ]
+
+
+def test_threshold_with_its_own_confidence():
+    from hedged.hedging.ood import rejection_rank
+
+    # 619 calibration scores at 2%: 12 in expectation only, 7 with 95% confidence (issue 24)
+    assert rejection_rank(619, 0.02) == 12 and rejection_rank(619, 0.02, delta=0.05) == 7
+    assert rejection_rank(100, 0.02, delta=0.05) == 0  # too few photos: reject nothing
+    # the guarantee by simulation: uniform scores, the rate of the chosen threshold > alpha in <= delta of draws
+    rng = np.random.default_rng(0)
+    k = rejection_rank(300, 0.05, delta=0.1)
+    over = np.mean([np.sort(rng.random(300))[k - 1] > 0.05 for _ in range(4000)])
+    assert over <= 0.1 + 3 * math.sqrt(0.1 * 0.9 / 4000)
+    with pytest.raises(ValueError, match="delta"):
+        rejection_rank(100, 0.02, delta=1.5)
