@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hedged.models.data import DEFAULT_FRACTIONS
+from hedged.models.data import DEFAULT_FRACTIONS, HELDOUT_MAX_SIZE
 
 
 @dataclass
@@ -34,6 +34,24 @@ class TrainConfig:
     seed: int = 0
     split_seed: int = 0
     fractions: tuple = DEFAULT_FRACTIONS
+    # contributors with more photos only train (None: the old largest-first split of every
+    # contributor); the held-out splits are a random class-balanced sample of the others
+    heldout_max_size: int | None = HELDOUT_MAX_SIZE
+    # copies of one photo (same bytes, or near-identical perceptual hashes) share a split;
+    # copies with different labels are left out unless keep_conflicts
+    # knowledge distillation (cached recipe): the mean calibrated posteriors of these bundles on
+    # the training photos are soft targets, weighted distill_weight against the labels
+    # an ensemble of trained bundles (same split, same taxonomy): no training, the members'
+    # logits averaged into one network (models/ensemble.py), then scored and calibrated
+    members: tuple = ()
+    teacher_bundles: tuple = ()
+    # training photo ids whose labels are suspect (bench/experiments/label_issues.py): their
+    # loss weight is multiplied by suspect_weight (0 = left out); cached recipe
+    suspect_ids: tuple = ()
+    suspect_weight: float = 0.0
+    distill_weight: float = 0.7
+    duplicate_check: bool = True
+    keep_conflicts: bool = False
     batch_size: int = 64
     lr: float = 1e-3
     block_lr_scale: float = 1.0  # learning rate of the pretrained tail blocks relative to the new head

@@ -24,7 +24,13 @@ import numpy as np
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 SPLITS = ("train", "validation", "calibration", "test")
-DEFAULT_FRACTIONS = (0.6, 0.1, 0.15, 0.15)
+# Image shares of train / validation / calibration / test, with HELDOUT_MAX_SIZE: chosen
+# for the contributor-level guarantee (docs/hedging.md, "Designing the calibration
+# split"): on the clothing data, calibration holds 117 contributors (the bound's
+# sampling unit) instead of 65.
+DEFAULT_FRACTIONS = (0.62, 0.075, 0.2, 0.105)
+#: Contributors with more photos than this train the model and are never held out.
+HELDOUT_MAX_SIZE = 50
 GROUP_COLUMN_GUESSES = ("sender_id", "group")
 
 
@@ -175,7 +181,8 @@ def check_fractions(fractions) -> tuple[float, ...]:
     return f
 
 
-def split_by_group(groups, fractions=DEFAULT_FRACTIONS, seed: int = 0, labels=None) -> dict[str, np.ndarray]:
+def split_by_group(groups, fractions=DEFAULT_FRACTIONS, seed: int = 0, labels=None,
+                   heldout_max_size: int | None = None) -> dict[str, np.ndarray]:
     """Partition sample indices into train/validation/calibration/test, whole groups only.
 
     Groups are taken from the largest down (ties in a seeded random order) and each
@@ -189,6 +196,14 @@ def split_by_group(groups, fractions=DEFAULT_FRACTIONS, seed: int = 0, labels=No
     and the largest contributors land in train, so the evaluation splits hold many
     contributors.
 
+    With ``heldout_max_size`` (the design for the contributor-level guarantee,
+    docs/hedging.md): groups of more than that many samples go to train, and the
+    other groups are taken in a seeded random order (not largest first), each to
+    the split where it does the most good as above. The held-out splits are then a
+    randomised, class-balanced sample of the contributors with at most
+    ``heldout_max_size`` photos, so calibration holds many contributors (what a
+    bound over contributors needs) and no single seller dominates it.
+
     Parameters
     ----------
     groups : array-like
@@ -198,6 +213,8 @@ def split_by_group(groups, fractions=DEFAULT_FRACTIONS, seed: int = 0, labels=No
     seed : int
     labels : array-like of int, optional
         Class of each sample (``>= 0``) to stratify on.
+    heldout_max_size : int, optional
+        Larger groups can only go to train.
 
     Returns
     -------
@@ -228,14 +245,26 @@ def split_by_group(groups, fractions=DEFAULT_FRACTIONS, seed: int = 0, labels=No
     weight = 1.0 / np.maximum(totals, 1.0)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(uniq))
-    order = order[np.argsort(-sizes[order], kind="stable")]
+    if heldout_max_size is None:
+        order = order[np.argsort(-sizes[order], kind="stable")]
+    else:
+        if isinstance(heldout_max_size, bool) or int(heldout_max_size) < 1:
+            raise DatasetError(f"heldout_max_size must be a positive integer, got {heldout_max_size!r}")
+        big = sizes[order] > heldout_max_size
+        # the prolific groups first (to train), then the others in the random order
+        order = np.r_[order[big][np.argsort(-sizes[order][big], kind="stable")], order[~big]]
+        if np.count_nonzero(sizes <= heldout_max_size) < len(SPLITS) - 1:
+            raise DatasetError(f"need at least {len(SPLITS) - 1} groups of at most {heldout_max_size} samples "
+                               "for the held-out splits")
     target = fractions[:, None] * totals[None, :]  # (split, class)
     filled = np.zeros_like(target)
     empty = set(range(len(SPLITS)))
     assign = np.empty(len(uniq), dtype=int)
     remaining = len(uniq)
     for g in order:
-        if len(empty) >= remaining:  # keep enough groups back that no split stays empty
+        if heldout_max_size is not None and sizes[g] > heldout_max_size:
+            options = np.array([0])
+        elif len(empty) >= remaining:  # keep enough groups back that no split stays empty
             options = np.array(sorted(empty))
         else:
             options = np.arange(len(SPLITS))

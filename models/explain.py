@@ -81,7 +81,9 @@ def _captum_attr():
     try:
         import captum.attr
     except ImportError:
-        raise ImportError("explanations need captum: pip install 'hedged[explain]'") from None
+        from hedged.models.extras import MissingExtraError, hint
+
+        raise MissingExtraError(f"captum is not installed and explanations need it: {hint('explain')}") from None
     return captum.attr
 
 
@@ -91,6 +93,9 @@ def gradcam_layer(model: nn.Module) -> nn.Module:
     EfficientNet-Lite: the last MBConv block (``_blocks[-1]``, stride 32); ResNet:
     ``layer4``; MobileNetV3: ``features[-1]``.
     """
+    if hasattr(model, "members"):
+        # an ensemble: the first member's last stage (its maps show that member's evidence)
+        return gradcam_layer(model.members[0])
     if hasattr(model, "_blocks"):
         return model._blocks[-1]
     if hasattr(model, "layer4"):

@@ -144,7 +144,18 @@ def imagenet_classes() -> tuple[str, ...]:
 
 
 def get_spec(arch: str) -> ModelSpec:
-    """The :class:`ModelSpec` of ``arch``; ``ValueError`` listing the known names otherwise."""
+    """The :class:`ModelSpec` of ``arch``; ``ValueError`` listing the known names otherwise.
+
+    An ensemble (``"ensemble:a+b"``, :mod:`hedged.models.ensemble`) has its first member's spec:
+    one input, that member's preprocessing.
+    """
+    from hedged.models.ensemble import member_archs
+
+    members = member_archs(arch)
+    if members is not None:
+        for m in members:
+            get_spec(m)
+        return get_spec(members[0])
     try:
         return _SPECS[arch]
     except (KeyError, TypeError):
@@ -289,6 +300,16 @@ def create_model(
         isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
     ):
         raise ValueError(f"num_classes must be a positive int or None, got {num_classes!r}")
+    from hedged.models.ensemble import EnsembleNet, member_archs
+
+    members = member_archs(arch)
+    if members is not None:
+        if weights is not None:
+            raise ValueError("an ensemble is built from its members' bundles (EnsembleNet.from_members) or "
+                             "loaded from a bundle's state dict: weights must be None here")
+        model = EnsembleNet([create_model(m, num_classes or 1000, None, channels_last=channels_last)
+                             for m in members], num_classes or 1000).eval()
+        return model.to(memory_format=torch.channels_last) if channels_last else model
 
     if weights is None:
         model = _build(arch, num_classes or 1000)

@@ -232,16 +232,26 @@ def sample_weights(y, n_classes: int, class_power: float = 0.5, groups=None, gro
     return w / w.mean()
 
 
-def _fit_tail(cfg, tail, train_feats, y_train, val_feats, y_val, n_leaves, bar, groups=None):
+def _fit_tail(cfg, tail, train_feats, y_train, val_feats, y_val, n_leaves, bar, groups=None, soft=None,
+              weight_scale=None):
     rng = np.random.default_rng(cfg.seed)
     device = next(tail.parameters()).device
-    sample_w = torch.tensor(sample_weights(y_train, n_leaves, cfg.class_weight_power, groups, cfg.contributor_power),
-                            dtype=torch.float32, device=device)
+    w = sample_weights(y_train, n_leaves, cfg.class_weight_power, groups, cfg.contributor_power)
+    if weight_scale is not None:
+        w = w * weight_scale
+    sample_w = torch.tensor(w, dtype=torch.float32, device=device)
     crit = nn.CrossEntropyLoss(reduction="none", label_smoothing=cfg.label_smoothing)
+    soft_t = None if soft is None else torch.as_tensor(soft, dtype=torch.float32, device=device)
+    alpha = float(cfg.distill_weight)
 
     def loss_of(out, target, idx):
         sw = sample_w[idx]
-        return (crit(out, target) * sw).sum() / sw.sum()
+        per = crit(out, target)
+        if soft_t is not None:
+            # knowledge distillation: the teachers' posteriors as soft targets, beside the label
+            kd = -(soft_t[idx] * torch.log_softmax(out, dim=1)).sum(dim=1)
+            per = (1.0 - alpha) * per + alpha * kd
+        return (per * sw).sum() / sw.sum()
 
     head = set(map(id, tail.model._fc.parameters()))
     param_groups = [
@@ -377,10 +387,22 @@ def _train_cached(cfg, model, front, shape, cut, preprocess, data, split, ids, y
     if cfg.dropout is not None:
         model._dropout.p = cfg.dropout
     tail = Tail(model, cut)
+    soft = None
+    if cfg.teacher_bundles:
+        soft = _teacher_probs(cfg, data.paths[split["train"]], ids["train"], taxonomy, log)
+    scale = None
+    if cfg.suspect_ids:
+        # suspected label mistakes (e.g. from confident learning): down-weighted, not dropped,
+        # so the feature cache of the training photos stays valid
+        suspects = set(map(str, cfg.suspect_ids))
+        hit = np.isin(ids["train"].astype(str), list(suspects))
+        scale = np.where(hit, cfg.suspect_weight, 1.0)
+        log(f"{int(hit.sum())} suspected label mistakes among the training photos weighted {cfg.suspect_weight:g}")
     t_fit = time.perf_counter()
     with _progress(cfg.progress) as bar:
         history, best_epoch = _fit_tail(cfg, tail, feats["train"], ys["train"], feats["validation"],
-                                        ys["validation"], taxonomy.n_leaves, bar, groups=data.groups[split["train"]])
+                                        ys["validation"], taxonomy.n_leaves, bar, groups=data.groups[split["train"]],
+                                        soft=soft, weight_scale=scale)
     t_fit = time.perf_counter() - t_fit
     model.eval()
     fp16_check = None
@@ -394,6 +416,62 @@ def _train_cached(cfg, model, front, shape, cut, preprocess, data, split, ids, y
         fp16_check = _fp16_summary(before, after, ys["validation"], log)
 
     return history, best_epoch, fp16_check, t_cache, t_fit
+
+
+def _ensemble_of(cfg, data, split, taxonomy, log):
+    """The members' networks as one :class:`~hedged.models.ensemble.EnsembleNet` (logits averaged,
+    each divided by its own temperature), with the first member's preprocessing.
+
+    Every member must have been trained on this run's training photos (its split.json), so that
+    validation, calibration and test stay unseen by the ensemble.
+    """
+    from hedged.models.bundle import load_bundle
+    from hedged.models.ensemble import EnsembleNet, ensemble_arch
+
+    train_ids = sorted(map(str, data.ids[split["train"]]))
+    bundles = [load_bundle(p) for p in cfg.members]
+    for path, b in zip(cfg.members, bundles):
+        if list(b.taxonomy.leaves) != list(taxonomy.leaves):
+            raise ValueError(f"member {path} has other leaves than the taxonomy")
+        if b.runtime != "torch":
+            raise ValueError(f"member {path} is an exported ({b.runtime}) bundle; use its torch source")
+        if b.split is None or sorted(map(str, b.split.get("train", []))) != train_ids:
+            raise ValueError(f"member {path} was trained on other photos than this split's train split")
+        if b.preprocess.input_size != bundles[0].preprocess.input_size:
+            log(f"member {path} was trained at {b.preprocess.input_size} px; the ensemble feeds it "
+                f"{bundles[0].preprocess.input_size} px like the first member")
+    model = EnsembleNet.from_members([b.model.float() for b in bundles], [b.temperature for b in bundles])
+    with torch.no_grad():  # score exactly what is shipped: the fp16-rounded weights
+        for v in model.state_dict().values():
+            if v.is_floating_point():
+                v.copy_(v.half().float())
+    arch = ensemble_arch([b.arch for b in bundles])
+    log(f"ensemble of {len(bundles)} members ({arch}), logits averaged at the members' temperatures "
+        + ", ".join(f"{b.temperature:.3f}" for b in bundles))
+    return model.to(cfg.device).eval(), bundles[0].preprocess, arch
+
+
+def _teacher_probs(cfg, paths, ids, taxonomy, log) -> np.ndarray:
+    """The teachers' mean calibrated posteriors (their own preprocessing, TTA and temperature) of ``paths``.
+
+    Each teacher is a bundle with the same taxonomy; cached in ``cfg.cache_dir``.
+    """
+    from hedged.models.bundle import load_bundle
+
+    out = []
+    for path in cfg.teacher_bundles:
+        b = load_bundle(path)
+        if list(b.taxonomy.leaves) != list(taxonomy.leaves):
+            raise ValueError(f"teacher {path} has other leaves than the taxonomy being trained")
+        key = _cache_key(cfg, b.preprocess, -1, f"teacher:{b.manifest['files'].get('weights.pt')}:{b.tta_angles}", ids)
+
+        def compute(b=b, path=path):
+            log(f"teacher {path}: posteriors of {len(paths)} training photos x {len(b.tta_angles)} views")
+            logits = predict_logits(b.model.eval(), paths, b.preprocess, b.tta_angles, progress=cfg.progress)
+            return average_view_probs(logits, b.temperature).astype(np.float32)
+
+        out.append(_cached(cfg, key, compute))
+    return np.mean(out, axis=0)
 
 
 def _train_full(cfg, model, preprocess, data, split, ys, taxonomy, log):
@@ -500,31 +578,38 @@ def train(cfg: TrainConfig) -> dict:
         keep = np.sort(np.random.default_rng(cfg.seed).choice(keep, cfg.limit, replace=False))
         log(f"--limit: using {len(keep)} images")
     data, y_all = data.subset(keep), y_all[keep]
-    split = split_by_group(data.groups, fractions, cfg.split_seed, labels=y_all if cfg.stratify else None)
+    data, y_all, duplicate_check = _respect_duplicates(cfg, data, y_all, log)
+    split = split_by_group(data.groups, fractions, cfg.split_seed, labels=y_all if cfg.stratify else None,
+                           heldout_max_size=cfg.heldout_max_size)
     counts = {s: int(len(v)) for s, v in split.items()}
     for message in degenerate_run_warnings(taxonomy.leaves, y_all[split["train"]], len(split["validation"])):
         warnings.warn(message, stacklevel=2)
     log("split by " + (data.group_column or "image") + ": " + ", ".join(
         f"{s} {len(v)} images / {len(set(data.groups[v]))} groups" for s, v in split.items()))
 
-    spec = get_spec(cfg.arch)
-    preprocess = spec.preprocess(
-        input_size=cfg.image_size or spec.input_size, resize=cfg.resize, crop_pct=cfg.crop_pct,
-        interpolation=cfg.interpolation,
-    )
-    model = create_model(cfg.arch, num_classes=taxonomy.n_leaves, weights="imagenet")
-    if not hasattr(model, "_blocks"):
-        raise ValueError(f"train.py fine-tunes EfficientNet-Lite tails; {cfg.arch!r} has no blocks")
-    n_blocks = len(model._blocks)
-    if not 0 <= cfg.train_blocks <= n_blocks:
-        raise ValueError(f"--train-blocks must be in [0, {n_blocks}] for {cfg.arch}, got {cfg.train_blocks}")
-    cut = n_blocks - cfg.train_blocks
-    model.to(cfg.device)
-    front = FrozenFront(model, cut).eval()
-    with torch.inference_mode():
-        s = preprocess.input_size
-        x0 = torch.zeros(1, 3, s, s, device=cfg.device).contiguous(memory_format=torch.channels_last)
-        shape = tuple(front(x0).shape[1:])
+    if cfg.members:
+        model, preprocess, arch = _ensemble_of(cfg, data, split, taxonomy, log)
+        cut = front = shape = None
+    else:
+        arch = cfg.arch
+        spec = get_spec(cfg.arch)
+        preprocess = spec.preprocess(
+            input_size=cfg.image_size or spec.input_size, resize=cfg.resize, crop_pct=cfg.crop_pct,
+            interpolation=cfg.interpolation,
+        )
+        model = create_model(cfg.arch, num_classes=taxonomy.n_leaves, weights="imagenet")
+        if not hasattr(model, "_blocks"):
+            raise ValueError(f"train.py fine-tunes EfficientNet-Lite tails; {cfg.arch!r} has no blocks")
+        n_blocks = len(model._blocks)
+        if not 0 <= cfg.train_blocks <= n_blocks:
+            raise ValueError(f"--train-blocks must be in [0, {n_blocks}] for {cfg.arch}, got {cfg.train_blocks}")
+        cut = n_blocks - cfg.train_blocks
+        model.to(cfg.device)
+        front = FrozenFront(model, cut).eval()
+        with torch.inference_mode():
+            s = preprocess.input_size
+            x0 = torch.zeros(1, 3, s, s, device=cfg.device).contiguous(memory_format=torch.channels_last)
+            shape = tuple(front(x0).shape[1:])
 
     if cfg.tta == "auto":
         candidates = TTA_CANDIDATES
@@ -536,7 +621,10 @@ def train(cfg: TrainConfig) -> dict:
 
     ids = {name: data.ids[idx] for name, idx in split.items()}
     ys = {name: y_all[idx] for name, idx in split.items()}
-    if cfg.full_finetune:
+    if cfg.members:
+        # nothing to fit: the members are trained; the ensemble is scored and calibrated below
+        history, best_epoch, fp16_check, t_cache, t_fit = [], None, None, 0.0, 0.0
+    elif cfg.full_finetune:
         history, best_epoch, fp16_check, t_cache, t_fit = _train_full(cfg, model, preprocess, data, split, ys,
                                                                       taxonomy, log)
     else:
@@ -609,6 +697,7 @@ def train(cfg: TrainConfig) -> dict:
         "n_used": int(len(y_all)),
         "dropped_labels": dict(dropped),
         "split_counts": counts,
+        "duplicate_check": duplicate_check,
         "split_seed": cfg.split_seed,
         "seed": cfg.seed,
         "class_counts": {s: np.bincount(ys[s], minlength=taxonomy.n_leaves).tolist() for s in SPLITS},
@@ -617,7 +706,7 @@ def train(cfg: TrainConfig) -> dict:
         "versions": library_versions(),
     }
     save_bundle(
-        cfg.out, model=model.cpu(), arch=cfg.arch, taxonomy=taxonomy, preprocess=preprocess, tta_angles=angles,
+        cfg.out, model=model.cpu(), arch=arch, taxonomy=taxonomy, preprocess=preprocess, tta_angles=angles,
         temperature=temperature, calibration_probs=cal_probs, calibration_labels=ys["calibration"],
         test_probs=test_probs, test_labels=ys["test"], split={k: v.tolist() for k, v in ids.items()},
         metrics=metrics, provenance=provenance, half=cfg.half,
@@ -627,6 +716,52 @@ def train(cfg: TrainConfig) -> dict:
     log(f"bundle written to {cfg.out} in {elapsed:.0f}s total")
     return {"metrics": metrics, "provenance": provenance, "angles": angles, "temperature": temperature,
             "split": split, "data": data, "labels": y_all}
+
+
+def _respect_duplicates(cfg, data, y_all, log):
+    """Join copies of one photo into one group and drop copies with conflicting labels.
+
+    Exact copies (same bytes) and near copies (pHash and dHash both within a few
+    bits: re-encodings, resizes) are found with :mod:`hedged.models.duplicates`; their
+    contributors' groups are merged so that the split keeps every copy on one side,
+    and a duplicate group whose copies carry different labels is left out (unless
+    ``keep_conflicts``). Returns the data, labels and a summary for the bundle.
+    """
+    if not cfg.duplicate_check:
+        return data, y_all, {"checked": False}
+    from hedged.models.duplicates import STRICT_DHASH, STRICT_PHASH, conflicts, duplicate_pairs, hash_images, merge_groups
+
+    t0 = time.perf_counter()
+    h = hash_images(list(data.paths))
+    pairs = duplicate_pairs(h)
+    bad = conflicts(y_all, pairs)
+    groups = np.asarray(data.groups).astype(str)
+    cross = int(np.sum(groups[pairs[:, 0]] != groups[pairs[:, 1]])) if len(pairs) else 0
+    summary = {
+        "checked": True,
+        "thresholds": {"phash": STRICT_PHASH, "dhash": STRICT_DHASH},
+        "exact_or_near_pairs": int(len(pairs)),
+        "pairs_across_contributors": cross,
+        "conflicting_groups": [[str(data.ids[i]) for i in g] for g in bad],
+        "conflicts_kept": bool(cfg.keep_conflicts),
+        "unreadable": [str(data.ids[i]) for i in np.flatnonzero(h.error != "")],
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    log(f"duplicate check: {len(pairs)} exact or near duplicate pairs ({cross} across contributors), "
+        f"{len(bad)} with conflicting labels" + ("" if cfg.keep_conflicts or not bad else " (left out)")
+        + f", in {summary['seconds']:.0f}s")
+    if data.group_column and len(pairs):
+        data.groups = merge_groups(groups, pairs)
+    elif len(pairs):
+        # no contributor column: each photo is its own group; copies become one group
+        data.groups = merge_groups(np.arange(len(groups)).astype(str), pairs)
+    if bad and not cfg.keep_conflicts:
+        drop = np.zeros(len(y_all), dtype=bool)
+        for g in bad:
+            drop[g] = True
+        keep = np.flatnonzero(~drop)
+        data, y_all = data.subset(keep), y_all[keep]
+    return data, y_all, summary
 
 
 def _darts_report(taxonomy, cal_probs, cal_y, test_probs, test_y, log, target: float = 0.95, split: str = "test"):

@@ -33,14 +33,44 @@ def test_groups_never_straddle_splits(sizes, seed):
             assert owners.setdefault(g, name) == name, f"group {g} in {owners[g]} and {name}"
 
 
+# the image shares before the split was designed for the contributor-level guarantee
+OLD = (0.6, 0.1, 0.15, 0.15)
+
+
 def test_split_is_seeded_and_balanced_by_images():
     groups = np.repeat(np.arange(200), 5).astype(str)
-    a = split_by_group(groups, seed=3)
-    b = split_by_group(groups, seed=3)
-    c = split_by_group(groups, seed=4)
+    a = split_by_group(groups, OLD, seed=3)
+    b = split_by_group(groups, OLD, seed=3)
+    c = split_by_group(groups, OLD, seed=4)
     assert all(np.array_equal(a[k], b[k]) for k in SPLITS)
     assert not all(np.array_equal(a[k], c[k]) for k in SPLITS)
     assert [len(a[k]) for k in SPLITS] == [600, 100, 150, 150]
+
+
+def test_heldout_max_size_keeps_prolific_groups_in_train_and_samples_the_others():
+    # 5 prolific contributors (60 photos) and 200 small ones (1-5 photos)
+    rng = np.random.default_rng(0)
+    sizes = np.r_[np.full(5, 60), rng.integers(1, 6, 200)]
+    groups = np.repeat(np.arange(sizes.size), sizes).astype(str)
+    labels = np.repeat(rng.integers(0, 3, sizes.size), sizes)
+    a = split_by_group(groups, seed=0, labels=labels, heldout_max_size=50)
+    b = split_by_group(groups, seed=1, labels=labels, heldout_max_size=50)
+    big = set(np.flatnonzero(np.isin(groups, [str(i) for i in range(5)])))
+    for split in (a, b):
+        assert big <= set(split["train"])
+        held = np.concatenate([split[k] for k in ("validation", "calibration", "test")])
+        assert not big & set(held)
+        # every class in every held-out split
+        assert all(set(labels[split[k]]) == {0, 1, 2} for k in ("validation", "calibration", "test"))
+        # calibration holds many contributors: its share of the small ones is about its image share
+        small_groups = set(groups[held]) | set(groups[split["train"]]) - {str(i) for i in range(5)}
+        assert len(set(groups[split["calibration"]])) > 0.2 * len(small_groups)
+    # the held-out contributors are a seeded random sample: another seed, other contributors
+    assert set(groups[a["calibration"]]) != set(groups[b["calibration"]])
+    with pytest.raises(DatasetError, match="heldout_max_size"):
+        split_by_group(groups, heldout_max_size=0)
+    with pytest.raises(DatasetError, match="at most 1 samples"):
+        split_by_group(np.repeat(np.arange(10), 2).astype(str), heldout_max_size=1)
 
 
 def test_largest_groups_go_to_train():
@@ -106,7 +136,7 @@ def test_stratified_split_keeps_every_class_in_proportion():
     # image shares alone would fill train with class 0 first
     groups = np.repeat(np.arange(40), 5).astype(str)
     labels = np.repeat((np.arange(40) >= 20).astype(int), 5)
-    split = split_by_group(groups, seed=0, labels=labels)
+    split = split_by_group(groups, OLD, seed=0, labels=labels)
     per_class = {k: np.bincount(labels[v], minlength=2).tolist() for k, v in split.items()}
     # targets 0.6/0.1/0.15/0.15 of each class's 100 photos, reachable exactly with whole groups
     assert per_class == {"train": [60, 60], "validation": [10, 10], "calibration": [15, 15], "test": [15, 15]}
@@ -116,7 +146,7 @@ def test_stratified_split_spreads_a_rare_class():
     # one common class in big groups, a rare class in 4 one-photo groups
     groups = np.array([f"big{i // 20}" for i in range(200)] + ["r0", "r1", "r2", "r3"])
     labels = np.array([0] * 200 + [1] * 4)
-    split = split_by_group(groups, seed=1, labels=labels)
+    split = split_by_group(groups, OLD, seed=1, labels=labels)
     rare = {k: int((labels[v] == 1).sum()) for k, v in split.items()}
     # split by image shares alone, all four land in one split (test, with this seed)
     assert sum(rare.values()) == 4 and max(rare.values()) <= 2 and rare["train"] >= 1, rare

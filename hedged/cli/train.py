@@ -81,6 +81,25 @@ def _device(text: str) -> str:
     return text
 
 
+def _id_file(text: str) -> tuple:
+    import json
+
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {text}")
+    raw = path.read_text()
+    if raw.lstrip().startswith("{"):
+        return tuple(str(r["image"]) for r in json.loads(raw)["suspects"])
+    return tuple(line.strip() for line in raw.splitlines() if line.strip())
+
+
+def _optional_size(text: str):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive integer, got {text!r}")
+    return value or None
+
+
 def _fractions(text: str):
     try:
         f = tuple(float(x) for x in text.replace("/", ",").split(","))
@@ -98,8 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig(data="", taxonomy="", out="")
     p = Parser(prog="hedged train", description=DESCRIPTION, epilog=EPILOG,
                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="../shared/data/clothing", help="CSV file, folder with images.csv, or ImageFolder root (default: %(default)s)")
-    p.add_argument("--taxonomy", default="taxonomies/clothing.yaml", help="taxonomy YAML (default: %(default)s)")
+    p.add_argument("--data", default=None,
+                   help="CSV file, folder with images.csv, or ImageFolder root (default: the shared clothing photos, "
+                        "../shared/data/clothing beside the repository, wherever you run from)")
+    p.add_argument("--taxonomy", default=None,
+                   help="taxonomy YAML (default: the repository's taxonomies/clothing.yaml, or the bundled "
+                        "model's taxonomy when installed without the repository)")
     p.add_argument("--out", required=True, help="bundle directory to write (checked before training starts)")
     p.add_argument("--force", action="store_true", help="overwrite the files of an existing --out folder")
     p.add_argument("--arch", default=d.arch, choices=["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
@@ -112,7 +135,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed, help="seed of augmentation and training (default: %(default)s)")
     p.add_argument("--split-seed", type=int, default=d.split_seed, help="seed of the group split (default: %(default)s)")
     p.add_argument("--split", type=_fractions, default=d.fractions, dest="fractions",
-                   help="train,validation,calibration,test image shares (default: 0.6,0.1,0.15,0.15)")
+                   help="train,validation,calibration,test image shares (default: %s)" % ",".join(f"{x:g}" for x in d.fractions))
+    p.add_argument("--heldout-max-size", type=_optional_size, default=d.heldout_max_size,
+                   help="contributors with more photos only train; the held-out splits are a seeded random, "
+                        "class-balanced sample of the others, so calibration holds many contributors "
+                        "(0 = the older largest-first split; default: %(default)s)")
+    p.add_argument("--members", nargs="+", default=(), metavar="BUNDLE",
+                   help="no training: one network averaging the logits of these trained bundles (same split), "
+                        "scored and calibrated like any model; --tta 0 keeps it to one pass per member")
+    p.add_argument("--teacher", dest="teacher_bundles", action="append", default=[], metavar="BUNDLE",
+                   help="distil: a teacher bundle (repeat for an ensemble) whose calibrated posteriors on the "
+                        "training photos become soft targets (cached recipe)")
+    p.add_argument("--distill-weight", type=float, default=d.distill_weight,
+                   help="weight of the teachers' soft targets against the labels (default: %(default)s)")
+    p.add_argument("--suspects", type=_id_file, dest="suspect_ids", default=(), metavar="FILE",
+                   help="a file of training photo ids (one per line, or the JSON of label_issues.py) whose labels "
+                        "are suspect: their loss weight is multiplied by --suspect-weight (cached recipe)")
+    p.add_argument("--suspect-weight", type=float, default=d.suspect_weight,
+                   help="weight multiplier of --suspects (default: %(default)s = left out)")
+    p.add_argument("--no-duplicate-check", dest="duplicate_check", action="store_false",
+                   help="do not look for copies of one photo (by default exact and near-identical copies share "
+                        "a split, and copies with different labels are left out)")
+    p.add_argument("--keep-conflicts", action="store_true",
+                   help="keep copies of one photo that carry different labels (default: left out and reported)")
     p.add_argument("--no-stratify", dest="stratify", action="store_false",
                    help="split by group only, ignoring class shares (default: keep each class in proportion in every split)")
     p.add_argument("--contributor-power", type=float, default=d.contributor_power,
@@ -159,6 +204,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def default_paths() -> tuple[Path, Path]:
+    """The default data set and taxonomy, found from the package's location, never the working directory."""
+    import hedged
+
+    repo = Path(hedged.__file__).resolve().parents[1]
+    data = repo.parent / "shared" / "data" / "clothing"
+    taxonomy = repo / "taxonomies" / "clothing.yaml"
+    if not taxonomy.is_file():
+        from hedged.models.bundle import DEFAULT_TORCH_BUNDLE
+
+        taxonomy = DEFAULT_TORCH_BUNDLE / "taxonomy.yaml"
+    return data, taxonomy
+
+
 def main(argv=None) -> int:
     from hedged.cli._common import run_cli
 
@@ -166,12 +225,24 @@ def main(argv=None) -> int:
 
 
 def _run(args) -> int:
+    from hedged.cli._common import UsageError, check_output_dir
+    from hedged.models.extras import MissingExtraError, require_torch
+
+    try:
+        require_torch("training", "train")
+    except MissingExtraError as err:
+        raise UsageError(str(err)) from None
     from hedged.models.data import DatasetError
     from hedged.models.training import TrainConfig, train
     from hedged.taxonomy import TaxonomyError
 
-    from hedged.cli._common import UsageError, check_output_dir
-
+    data, taxonomy = default_paths()
+    if args.data is None:
+        if not data.exists():
+            raise UsageError(f"no --data given and the default data set is missing ({data})")
+        args.data = str(data)
+    if args.taxonomy is None:
+        args.taxonomy = str(taxonomy)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a folder")
