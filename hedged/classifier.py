@@ -16,6 +16,7 @@ import os
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from numbers import Real
+from pathlib import Path
 
 import numpy as np
 
@@ -439,6 +440,7 @@ class HedgedClassifier:
         scores = [None] * probs.shape[0] if taxonomy_scores is None else [float(v) for v in np.asarray(taxonomy_scores)]
         nodes, leaves = self.taxonomy.nodes, self.taxonomy.leaves
         all_node_p = self.taxonomy.node_probs(probs) if path_over_targets else None
+        root_name = self.taxonomy.display_name(self.taxonomy.root)
         out = []
         for r, (src, i, p, g, j, lp, la, ins, sc) in enumerate(
             zip(sources, idx, node_p, gain, leaf_idx, leaf_p, leaf_at, inside, scores)
@@ -447,21 +449,24 @@ class HedgedClassifier:
             if path_over_targets:
                 ks = range(indptr[r], indptr[r + 1])
                 path = tuple((float(max_target[k]), self.node(nodes[step_node[k]])) for k in ks)
-                path_p = tuple(float(all_node_p[r, step_node[k]]) for k in ks)
+                path_p = tuple(min(1.0, max(0.0, float(all_node_p[r, step_node[k]]))) for k in ks)
             out.append(
                 Prediction(
                     source=src,
                     node=None if ins is False else self.node(nodes[i]),
-                    probability=float(p),
+                    # sums of float posteriors can pass 1 by an ulp (1.0000000000000002 at the root)
+                    probability=min(1.0, max(0.0, float(p))),
                     info_gain=float(g),
                     leaf=self.node(leaves[j]),
-                    leaf_probability=float(lp),
+                    leaf_probability=min(1.0, max(0.0, float(lp))),
                     accuracy=accuracy,
                     guarantee=guarantee,
                     guaranteed=guaranteed,
                     leaf_at_target=None if math.isnan(la) else float(la),
-                    answer_path=path,
-                    answer_path_probabilities=path_p,
+                    # a photo judged outside has no answer over targets: it is outside at all of them
+                    answer_path=None if ins is False else path,
+                    answer_path_probabilities=None if ins is False else path_p,
+                    root_display_name=root_name,
                     in_taxonomy=ins,
                     taxonomy_score=sc,
                 )
@@ -533,16 +538,21 @@ class HedgedClassifier:
             images, rows = [], []
             for i in range(start, min(start + _CHUNK, len(items))):
                 try:
-                    # The recipe's loader decodes JPEGs at reduced size when it can.
+                    # The recipe's loader decodes JPEGs at reduced size when it can; the image is
+                    # then brought to the model's input at once, so that a batch never holds
+                    # photos at full resolution (resizing the model-sized image again later is
+                    # the identity: the answers are those of the full image).
                     image = recipe.load(items[i])
-                    images.append(image)
-                    rows.append(i)
                     if min(image.size) < TINY_SIDE:
                         w, h = image.size
                         notes[i] = [
                             f"tiny image ({w}x{h} pixels, under {TINY_SIDE} on a side): "
                             "the answer says little about it"
                         ]
+                    idempotent = recipe.resize != "center_crop" or recipe.crop_pct >= 1.0
+                    images.append(recipe.resize_image(image) if idempotent else image)
+                    rows.append(i)
+                    del image
                 except (ImageLoadError, OSError) as err:
                     if errors == "raise":
                         # Messages about files name the file; say which in-memory input it was.
@@ -761,7 +771,9 @@ class HedgedClassifier:
         -------
         Explanation
             ``nodes[0]`` is the node, then its two most probable children; for
-            a leaf, the two most probable other leaves. ``maps`` are ``(K, H, W)``
+            a leaf, the two most probable other leaves; for a "not sure" answer
+            (the root) the three most probable children of the root, and for a
+            photo judged outside the taxonomy none. ``maps`` are ``(K, H, W)``
             on ``image``; each node's score is its probability (sum of its
             leaves' temperature-scaled posteriors).
         """
@@ -790,8 +802,26 @@ class HedgedClassifier:
             raise ImageLoadError(("" if _source(image) is not None else "image: ") + str(err)) from None
         source = _source(image)
         probs = self.predict_proba(photo, tta=angles, allow_uncalibrated=True)
-        pred = self.predict_from_probs(probs, accuracy, guarantee, sources=[source], guaranteed=calibrated)[0]
+        # The answer every other surface gives for this photo: with the detector's verdict
+        # when it runs (its signals need the network's features: one more forward pass).
+        ood = None
+        if self.check_taxonomy and self.detector is not None:
+            _, _, _, _, ood, _ = self._infer([photo], angles, "raise", None, None, True)
+        pred = self.predict_from_probs(probs, accuracy, guarantee, sources=[source], guaranteed=calibrated,
+                                       in_taxonomy=None if ood is None else ood[0],
+                                       taxonomy_scores=None if ood is None else ood[1])[0]
         node_p = tax.node_probs(probs)[0]
+        w, h = photo.size
+        scale = min(1.0, max_side / max(w, h))
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        from PIL import Image
+
+        shown = photo if size == photo.size else photo.resize(size, Image.Resampling.BICUBIC)
+        if node is None and pred.kind == "outside":
+            # "not clothing" on every surface: nothing in the taxonomy to explain
+            return Explanation(source=source, image=np.asarray(shown), method=method, nodes=(), roles=(),
+                               probabilities=np.zeros(0), maps=np.zeros((0, size[1], size[0])), prediction=pred,
+                               angles=tuple(angles), note=note)
 
         from hedged.hedging._base import most_specific
 
@@ -805,6 +835,11 @@ class HedgedClassifier:
         # Most probable first; ties by taxonomy order so the picture is reproducible.
         others.sort(key=lambda v: (-node_p[tax.node_index(v)], tax.node_index(v)))
         targets = [target] + others[:2]
+        if target == tax.root and not tax.is_leaf(target):
+            # The root holds every leaf (probability 1): its map says nothing. A "not sure"
+            # answer is explained by the top children it could not choose between.
+            targets = others[:3]
+            roles = ("child",) * len(targets)
         membership = attribution.membership_matrix(
             [np.atleast_1d(tax.leaf_index(list(tax.leaves_under(v)))) for v in targets], tax.n_leaves
         )
@@ -813,12 +848,6 @@ class HedgedClassifier:
             maps = attribution.gradcam(model, x, membership, self.temperature, angles)
         else:
             maps = attribution.integrated_gradients(model, x, membership, self.temperature, angles, n_steps=n_steps)
-        w, h = photo.size
-        scale = min(1.0, max_side / max(w, h))
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        from PIL import Image
-
-        shown = photo if size == photo.size else photo.resize(size, Image.Resampling.BICUBIC)
         return Explanation(
             source=source,
             image=np.asarray(shown),
@@ -842,6 +871,10 @@ class HedgedClassifier:
         """
         if self.model is None or self.preprocess is None:
             raise UncalibratedError("this HedgedClassifier has no image model: use from_bundle()")
+        from hedged.models.extras import require, require_torch
+
+        require_torch("explanations", "explain")
+        require("captum", "explanations", "explain")
         if callable(getattr(self.model, "parameters", None)) and callable(getattr(self.model, "register_forward_hook", None)):
             return self.model, None
         cached = getattr(self, "_explain_source", None)
@@ -857,7 +890,7 @@ class HedgedClassifier:
 
         src = load_bundle(source)
         precision = (getattr(self.bundle_, "manifest", {}) or {}).get("onnx", {}).get("precision", "")
-        note = f"maps drawn by the torch model this ONNX bundle was exported from ({source})"
+        note = f"maps drawn by the torch model this ONNX bundle was exported from ({Path(source).name})"
         if "int8" in precision:
             note += "; the answer and probabilities are the int8 model's"
         self._explain_source = (src.model, note)

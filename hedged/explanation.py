@@ -74,8 +74,10 @@ class Explanation:
     note: str | None = field(default=None)
 
     @property
-    def node(self) -> Node:
-        return self.nodes[0]
+    def node(self) -> Node | None:
+        """The explained node (the answer's, or one asked for); ``None`` when nothing is explained
+        (a photo judged outside the taxonomy) or for a "not sure" answer (its children are)."""
+        return self.nodes[0] if self.nodes and self.roles[0] == "node" else None
 
     def to_dict(self) -> dict:
         """JSON-friendly summary (no arrays)."""
@@ -114,7 +116,8 @@ class Explanation:
             ax = fig.add_axes((col * 0.5 + gap, (1 - row) * 0.5 + gap, size, size))
             ax.set_axis_off()
             if i >= len(panels):
-                ax.text(0.5, 0.5, "(no other child)", transform=ax.transAxes, ha="center", va="center",
+                empty = "(nothing to explain)" if not self.nodes else "(no other child)"
+                ax.text(0.5, 0.5, empty, transform=ax.transAxes, ha="center", va="center",
                         fontsize=font, color="0.4")
                 continue
             heat, title = panels[i]
@@ -139,7 +142,10 @@ class Explanation:
     def _photo_title(self) -> str:
         p = self.prediction
         name = "photo" if self.source is None else _basename(self.source)
-        return f"{name}\nanswer: {p.node.display_name} {_pct(p.probability)}"
+        if p.kind == "answer":
+            return f"{name}\nanswer: {p.headline} {_pct(p.probability)}"
+        # not sure / not clothing: never "Clothing 100%"; say what the model would guess
+        return f"{name}\nanswer: {p.headline}\nleaf guess: {p.leaf.display_name} {_pct(p.leaf_probability)}"
 
     def _title(self, k: int) -> str:
         node, p = self.nodes[k], self.probabilities[k]

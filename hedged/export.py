@@ -243,12 +243,24 @@ def export_bundle(
     model = OnnxModel.from_bundle(out, {"onnx": onnx_spec, "preprocess": bundle.preprocess.to_dict()},
                                   n_leaves=bundle.taxonomy.n_leaves, threads=threads)
     probs = {}
+    cal_scores = None
     for name in ("calibration", "test"):
         if name not in splits:
             continue
         paths, labels = splits[name]
         log(f"posteriors of the {name} split through {ONNX_MODEL} ({len(paths)} images x {len(bundle.tta_angles)} views)")
-        probs[name] = model.predict_probs(paths, bundle.preprocess, bundle.tta_angles, bundle.temperature, batch_size)
+        if name == "calibration" and bundle.detector is not None:
+            # the detector's score of each calibration photo, through the exported model too:
+            # the calibration counts the photos it turns away as misses
+            from hedged.models.tta import average_view_probs
+
+            logits, feats = model.predict_logits(paths, bundle.preprocess, bundle.tta_angles, batch_size,
+                                                 return_features=True)
+            probs[name] = average_view_probs(logits, bundle.temperature)
+            cal_scores = bundle.detector.score(bundle.detector.signals_of(logits, feats))
+        else:
+            probs[name] = model.predict_probs(paths, bundle.preprocess, bundle.tta_angles, bundle.temperature,
+                                              batch_size)
     # Round to the float32 the bundle stores before anything is fitted on them, so that
     # decision.json and the metrics are those of the calibration a loaded bundle has.
     probs = {k: v.astype(np.float32).astype(np.float64) for k, v in probs.items()}
@@ -256,13 +268,13 @@ def export_bundle(
 
     # Contributor ids of the calibration photos (pac-group) belong to the photos, not the model.
     groups = bundle.calibration_groups
-    clf = HedgedClassifier(bundle.taxonomy).fit(cal_p, cal_y, groups)
+    clf = HedgedClassifier(bundle.taxonomy, detector=bundle.detector).fit(cal_p, cal_y, groups, cal_scores)
     metrics = {}
     if "test" in probs:
         metrics["test"] = _metrics(probs["test"], splits["test"][1], bundle.test_probs, clf)
 
     bundle.taxonomy.to_yaml(out / TAXONOMY)
-    _write_calibration(out, cal_p, cal_y, groups)
+    _write_calibration(out, cal_p, cal_y, groups, cal_scores)
     files = [ONNX_MODEL, TAXONOMY, CALIBRATION]
     if "test" in probs:
         t_p, t_y = _check_probs(probs["test"], splits["test"][1], bundle.taxonomy.n_leaves, "test")

@@ -128,6 +128,38 @@ class Prediction:
     taxonomy_score: float | None = None
     warnings: tuple[str, ...] = ()
     answer_path_probabilities: tuple[float, ...] | None = None
+    root_display_name: str | None = None
+
+    @property
+    def kind(self) -> str:
+        """What sort of answer this is, the same on every surface.
+
+        ``"answer"`` a node below the root; ``"not_sure"`` the root (the model is
+        not sure beyond it: say so, never "Clothing 100%"); ``"outside"`` judged
+        outside the taxonomy ("not clothing"); ``"error"`` the input could not be read.
+        """
+        if self.error is not None:
+            return "error"
+        if self.node is None:
+            return "outside"
+        if self.node.depth == 0 and not self.node.is_leaf:
+            return "not_sure"
+        return "answer"
+
+    @property
+    def headline(self) -> str | None:
+        """The answer in a few words, as every surface shows it: "Polo shirt",
+        "not sure beyond Clothing", "not clothing" (``None`` for an error)."""
+        kind = self.kind
+        root = self.root_display_name or (self.node.display_name if self.node is not None and self.node.depth == 0
+                                          else "the taxonomy")
+        if kind == "outside":
+            return f"not {root.lower()}"
+        if kind == "not_sure":
+            return f"not sure beyond {self.node.display_name}"
+        if kind == "answer":
+            return self.node.display_name
+        return None
 
     @property
     def ok(self) -> bool:
@@ -168,6 +200,8 @@ class Prediction:
         node = self.node
         out = {
             "image": self.source,
+            "kind": self.kind,
+            "headline": self.headline,
             "in_taxonomy": self.in_taxonomy,
             "taxonomy_score": self.taxonomy_score,
             "node": None if node is None else node.name,
@@ -212,6 +246,9 @@ class Prediction:
 #: The fields of an answer record (:meth:`Prediction.to_record`), in order, with their meaning.
 RECORD_FIELDS = {
     "image": "the input's path (or the uploaded name); null for in-memory images",
+    "kind": "answer (a node below the root), not_sure (only the root is certain), or outside (not in the taxonomy)",
+    "headline": "the answer in words, as every surface shows it: 'Polo shirt', 'not sure beyond Clothing', "
+                "'not clothing'",
     "in_taxonomy": "the not-clothing detector's verdict: false = outside the taxonomy (node is null); null = not checked",
     "taxonomy_score": "the detector's score (higher = more like the taxonomy's photos); null when not checked",
     "node": "the answered node's name; null when outside the taxonomy",

@@ -138,6 +138,9 @@ class Bundle:
         ``(n, L)`` posteriors and ``(n,)`` leaf indices of the calibration split.
     calibration_groups : np.ndarray of str or None
         ``(n,)`` contributor ids (salted hashes) of the calibration photos.
+    calibration_taxonomy_scores : np.ndarray or None
+        ``(n,)`` the detector's score of each calibration photo (``save_detector``
+        stores them): the calibration counts a photo it turns away as a miss.
     metrics, provenance : dict
     test_probs, test_labels : np.ndarray or None
     split : dict or None
@@ -167,6 +170,7 @@ class Bundle:
     path: Path | None = None
     detector: Any = None
     calibration_groups: np.ndarray | None = None
+    calibration_taxonomy_scores: np.ndarray | None = None
     runtime: str = "torch"
     manifest: dict[str, Any] = field(default_factory=dict)
 
@@ -284,8 +288,11 @@ def save_bundle(
     from hedged.models.registry import ARCHS
 
     path = Path(path)
-    if arch not in ARCHS:
-        raise BundleError(f"unknown architecture {arch!r}; expected one of {list(ARCHS)}")
+    from hedged.models.ensemble import member_archs
+
+    members = member_archs(arch)
+    if arch not in ARCHS and not (members and all(m in ARCHS for m in members)):
+        raise BundleError(f"unknown architecture {arch!r}; expected one of {list(ARCHS)} or an ensemble of them")
     angles = check_angles(tta_angles)
     if not (isinstance(temperature, (int, float)) and np.isfinite(temperature) and temperature > 0):
         raise BundleError(f"temperature must be a positive finite number, got {temperature!r}")
@@ -415,13 +422,18 @@ def hash_groups(ids, salt: str | None = None) -> np.ndarray:
     return hashed[inv.ravel()] if uniq.size else np.zeros(0, dtype="<U16")
 
 
-def _write_calibration(path: Path, probs, labels, groups=None) -> None:
+def _write_calibration(path: Path, probs, labels, groups=None, taxonomy_scores=None) -> None:
     arrays = {"probs": np.asarray(probs).astype(np.float32), "labels": labels}
     if groups is not None:
         groups = np.asarray(groups).astype(str)
         if groups.shape != (len(labels),):
             raise BundleError(f"calibration groups must be ({len(labels)},) to match the labels, got {groups.shape}")
         arrays["groups"] = groups
+    if taxonomy_scores is not None:
+        taxonomy_scores = np.asarray(taxonomy_scores, dtype=np.float64)
+        if taxonomy_scores.shape != (len(labels),):
+            raise BundleError(f"calibration taxonomy scores must be ({len(labels)},), got {taxonomy_scores.shape}")
+        arrays["taxonomy_scores"] = taxonomy_scores
     np.savez_compressed(path / CALIBRATION, **arrays)
 
 
@@ -438,7 +450,8 @@ def add_calibration_groups(path, groups) -> Path:
     verify_files(path, manifest)
     with np.load(path / CALIBRATION, allow_pickle=False) as z:
         probs, labels = z["probs"], z["labels"]
-    _write_calibration(path, probs, labels, groups)
+        scores = z["taxonomy_scores"] if "taxonomy_scores" in z.files else None
+    _write_calibration(path, probs, labels, groups, scores)
     manifest["files"][CALIBRATION] = sha256_file(path / CALIBRATION)
     (path / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return path
@@ -448,6 +461,12 @@ def load_calibration_groups(path) -> np.ndarray | None:
     """The ``groups`` array of a bundle's calibration.npz, or None."""
     with np.load(Path(path) / CALIBRATION, allow_pickle=False) as z:
         return np.asarray(z["groups"]).astype(str) if "groups" in z.files else None
+
+
+def load_calibration_taxonomy_scores(path) -> np.ndarray | None:
+    """The detector scores stored with a bundle's calibration photos, or None."""
+    with np.load(Path(path) / CALIBRATION, allow_pickle=False) as z:
+        return np.asarray(z["taxonomy_scores"], dtype=np.float64) if "taxonomy_scores" in z.files else None
 
 
 def _load_npz(path: Path, name: str, n_leaves: int):
@@ -522,6 +541,10 @@ def load_bundle(path=None, *, verify: bool = True, threads: int | None = None) -
     cal_groups = load_calibration_groups(path)
     if cal_groups is not None and cal_groups.shape != cal_y.shape:
         raise BundleError(f"calibration groups have shape {cal_groups.shape} but there are {cal_y.shape[0]} labels")
+    cal_scores = load_calibration_taxonomy_scores(path)
+    if cal_scores is not None and cal_scores.shape != cal_y.shape:
+        raise BundleError(f"calibration taxonomy scores have shape {cal_scores.shape} but there are "
+                          f"{cal_y.shape[0]} labels")
     test_p = test_y = split = None
     if TEST in manifest["files"]:
         test_p, test_y = _load_npz(path, TEST, n_leaves)
@@ -545,6 +568,7 @@ def load_bundle(path=None, *, verify: bool = True, threads: int | None = None) -
         path=path,
         detector=detector,
         calibration_groups=cal_groups,
+        calibration_taxonomy_scores=cal_scores if detector is not None else None,
         runtime=runtime,
         manifest=manifest,
     )
@@ -566,23 +590,26 @@ def _load_detector(path: Path, manifest: dict, model):
     # an exported model says its feature width itself (OnnxModel.n_features)
     dim = getattr(model, "n_features", None) or model.get_classifier().in_features
     needs = {"imagenet": ("imagenet_weight", "imagenet_bias", "imagenet_in"),
-             "mahalanobis": ("feature_mean", "feature_precision")}
+             "mahalanobis": ("feature_mean", "feature_precision"),
+             "mahalanobis_class": ("class_means", "feature_precision")}
     for signal, keys in needs.items():
         if signal in det.signals:
             missing = [k for k in keys if getattr(det, k + "_", None) is None]
             if missing:
                 raise BundleError(f"the detector reads {signal!r} but {OOD_ARRAYS!r} lacks {', '.join(missing)}")
-    for key in ("imagenet_weight", "feature_precision"):
+    dim = det.feature_dims or dim
+    for key in ("imagenet_weight", "feature_precision", "class_means"):
         a = getattr(det, key + "_", None)
         if a is not None and a.shape[-1] != dim:
             raise BundleError(f"{OOD_ARRAYS}: {key} takes {a.shape[-1]} features, the model gives {dim}")
     return det
 
 
-_OOD_ARRAY_KEYS = ("imagenet_weight", "imagenet_bias", "imagenet_in", "feature_mean", "feature_precision")
+_OOD_ARRAY_KEYS = ("imagenet_weight", "imagenet_bias", "imagenet_in", "feature_mean", "feature_precision",
+                   "class_means")
 
 
-def save_detector(path, detector, *, info=None) -> Path:
+def save_detector(path, detector, *, info=None, calibration_scores=None) -> Path:
     """Add (or replace) the out-of-taxonomy detector of an existing bundle.
 
     Writes ``ood.json`` (plain JSON: ``detector.to_dict()`` plus ``info``) and, when
@@ -608,18 +635,35 @@ def save_detector(path, detector, *, info=None) -> Path:
     else:
         (path / OOD_ARRAYS).unlink(missing_ok=True)
         files.pop(OOD_ARRAYS, None)
+    if calibration_scores is not None:
+        # each calibration photo's score: what the calibration needs to count its rejections
+        with np.load(path / CALIBRATION, allow_pickle=False) as z:
+            probs, labels = z["probs"], z["labels"]
+            groups = z["groups"] if "groups" in z.files else None
+        _write_calibration(path, probs, labels, groups, calibration_scores)
+        files[CALIBRATION] = sha256_file(path / CALIBRATION)
     manifest["files"] = files
     (path / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return path
 
 
 def _load_torch_model(path: Path, arch: str, n_leaves: int):
+    from hedged.models.extras import require_torch
+
+    require_torch(f"torch bundles such as {path} (the default bundle runs on ONNX Runtime)")
     import torch
 
     from hedged.models.registry import ARCHS, create_model, describe_load_error
 
-    if arch not in ARCHS:
-        raise BundleError(f"{MANIFEST}: unknown architecture {arch!r}; expected one of {list(ARCHS)}")
+    from hedged.models.ensemble import member_archs
+
+    try:
+        members = member_archs(arch)
+    except ValueError as err:
+        raise BundleError(f"{MANIFEST}: {err}") from None
+    if arch not in ARCHS and not (members and all(m in ARCHS for m in members)):
+        raise BundleError(f"{MANIFEST}: unknown architecture {arch!r}; expected one of {list(ARCHS)} "
+                          "or an ensemble of them")
     try:
         state = torch.load(path / WEIGHTS, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means an unusable file

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import threading
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -54,6 +55,10 @@ _INTERPOLATIONS = {
 # Composite transparent images onto white: product photos with a cut-out background
 # are meant to be seen on white, and black would read as a dark garment.
 _BACKGROUND = (255, 255, 255)
+
+
+#: Pixels above which a loaded image is reduced before it is kept (:meth:`Preprocess.reduce`).
+WORKING_PIXELS = 16_000_000
 
 
 class ImageLoadError(ValueError):
@@ -168,6 +173,9 @@ def _open(src: Any, max_pixels: int | None, min_size: int | None) -> Image.Image
             raise ImageLoadError(f"image file not found: {what}")
         if path.is_dir():
             raise ImageLoadError(f"expected an image file, got a directory: {what}")
+        if not path.is_file():
+            # a FIFO, socket or device: opening it could block forever
+            raise ImageLoadError(f"not a regular file: {what}")
         with open(path, "rb") as fh:  # closed even when decoding fails
             return _decode(fh, src, max_pixels, min_size)
     elif isinstance(src, (bytes, bytearray, memoryview)):
@@ -182,19 +190,61 @@ def _open(src: Any, max_pixels: int | None, min_size: int | None) -> Image.Image
     return _decode(fp, src, max_pixels, min_size)
 
 
+#: Pillow's own decompression-bomb check runs when a header is parsed; this loader
+#: applies ``max_pixels`` itself (to the pixels it will decode), so Pillow's is lifted
+#: for the moment of ``Image.open`` only, under this lock.
+_OPEN_LOCK = threading.Lock()
+#: Header pixels beyond which even a reduced JPEG decode is refused (a 200 MP phone
+#: photo has 2e8; a JPEG header can claim 65535 x 65535).
+MAX_HEADER_PIXELS = 1_000_000_000
+
+
+def _open_header(fp: Any) -> Image.Image:
+    with _OPEN_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            return Image.open(fp)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def decoded_pixels(data: bytes, min_size: int | None = None) -> int:
+    """Pixels an encoded image will take once decoded, from its header alone (0 if unreadable).
+
+    JPEGs count at the reduced size draft decoding gives for ``min_size``; nothing is decoded.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            fp = io.BytesIO(data)
+            _heif_ready(fp)
+            im = _open_header(fp)
+            if min_size and im.format == "JPEG":
+                im.draft("RGB", (min_size, min_size))
+            w, h = im.size
+            return int(w) * int(h)
+    except Exception:  # noqa: BLE001 - an unreadable upload is reported when it is decoded
+        return 0
+
+
 def _decode(fp: Any, src: Any, max_pixels: int | None, min_size: int | None) -> Image.Image:
     what = _describe(src)
     try:
-        # PIL warns above Image.MAX_IMAGE_PIXELS and raises at twice that; we apply our
-        # own limit from the header instead, so silence its warning here.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             _heif_ready(fp)
-            im = Image.open(fp)
-            _check_pixels(im.size, max_pixels, src)
+            im = _open_header(fp)
+            w, h = im.size
+            if w * h > MAX_HEADER_PIXELS:
+                raise ImageLoadError(f"image {what} claims {w}x{h} = {w * h:,} pixels, more than any photo "
+                                     f"({MAX_HEADER_PIXELS:,}); refusing to decode it")
             if min_size and im.format == "JPEG":
                 # Square request: draft keeps both sides >= min_size whatever the EXIF rotation.
+                # A JPEG is then decoded at 1/2, 1/4 or 1/8 scale: the limit applies to what
+                # is decoded, so a 64 or 200 MP phone photo is read at a few megapixels.
                 im.draft("RGB", (min_size, min_size))
+            _check_pixels(im.size, max_pixels, src, header=(w, h))
             im.load()
     except ImageLoadError:
         raise
@@ -209,13 +259,14 @@ def _decode(fp: Any, src: Any, max_pixels: int | None, min_size: int | None) -> 
     return _to_rgb(im, src)
 
 
-def _check_pixels(size: tuple[int, int], max_pixels: int | None, src: Any) -> None:
+def _check_pixels(size: tuple[int, int], max_pixels: int | None, src: Any, header=None) -> None:
     w, h = size
     if w <= 0 or h <= 0:
         raise ImageLoadError(f"image {_describe(src)} is empty ({w}x{h} pixels)")
     if max_pixels is not None and w * h > max_pixels:
+        reduced = "" if header is None or tuple(header) == (w, h) else f" even decoded at reduced size from {header[0]}x{header[1]}"
         raise ImageLoadError(
-            f"image {_describe(src)} has {w}x{h} = {w * h:,} pixels, more than the limit of "
+            f"image {_describe(src)} has {w}x{h} = {w * h:,} pixels{reduced}, more than the limit of "
             f"{max_pixels:,} (raise the limit with max_pixels=... or --max-pixels)"
         )
 
@@ -416,8 +467,27 @@ class Preprocess:
 
     # -- tensors -------------------------------------------------------------
     def load(self, src: Any) -> Image.Image:
-        """:func:`load_image` with this recipe's pixel limit and JPEG draft size."""
-        return load_image(src, max_pixels=self.max_pixels, min_size=self.load_size)
+        """:func:`load_image` with this recipe's pixel limit and JPEG draft size, then :meth:`reduce`.
+
+        So an image is held at full resolution only while it is decoded: what comes
+        back has at most about :data:`WORKING_PIXELS` pixels, whatever the file had.
+        """
+        return self.reduce(load_image(src, max_pixels=self.max_pixels, min_size=self.load_size))
+
+    def reduce(self, im: Image.Image) -> Image.Image:
+        """A large image shrunk by an integer factor (box filter), both sides kept >= 2 x ``load_size``.
+
+        Images of at most :data:`WORKING_PIXELS` pixels (every ordinary photo) are
+        returned as they are, so their answers do not change; a huge PNG or scan is
+        reduced before anything else holds it.
+        """
+        w, h = im.size
+        if w * h <= WORKING_PIXELS:
+            return im
+        most = min(w, h) // (2 * self.load_size)  # the largest factor that keeps both sides >= 2 x load_size
+        if most < 2:
+            return im
+        return im.reduce(min(most, max(2, math.ceil(math.sqrt(w * h / WORKING_PIXELS)))))
 
     def to_uint8(self, src: Any) -> np.ndarray:
         """Load + resize -> ``(input_size, input_size, 3)`` uint8 array (before normalisation)."""

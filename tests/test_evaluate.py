@@ -187,3 +187,27 @@ def test_unwritable_out_is_one_line_before_any_work(capsys, files, tmp_path):
     code, out, err = run(capsys, "--probs", files / "p.npy", "--labels", files / "y.npy",
                          "--taxonomy", files / "t.yaml", "--out", blocker / "report")
     assert code == 2 and err.count("\n") == 1 and "not a writable folder" in err
+
+
+def test_split_ids_match_class_folders_and_extensions(capsys, tmp_path):
+    """Split ids "img0" (a CSV without extensions) are the photos Car/img0.jpg of a class folder:
+    the overlap is seen, and --split picks them, saying how many it found (issue 20)."""
+    from hedged.models.bundle import load_bundle, save_bundle
+    from test_facade_helpers import make_biased_bundle
+
+    src = load_bundle(make_biased_bundle(tmp_path / "b0", leaves=(CAR,)))
+    bundle = save_bundle(
+        tmp_path / "b", model=src.model, arch=src.arch, taxonomy=src.taxonomy, preprocess=src.preprocess,
+        tta_angles=src.tta_angles, temperature=src.temperature, calibration_probs=src.calibration_probs,
+        calibration_labels=src.calibration_labels, test_probs=src.test_probs, test_labels=src.test_labels,
+        split={"train": ["img0"], "test": ["img1", "img2", "missing"]}, metrics=src.metrics,
+        provenance=src.provenance,
+    )
+    write_images(tmp_path / "data" / "Car", n=3)
+    code, _, err = run(capsys, "--model", bundle, "--data", tmp_path / "data", "--out", tmp_path / "r1")
+    assert code == 0, err
+    assert "data overlaps the bundle's train split (1 images)" in err
+    code, _, err = run(capsys, "--model", bundle, "--data", tmp_path / "data", "--split", "test", "--out", tmp_path / "r2")
+    assert code == 0, err
+    assert "2 of the bundle's 3 test photos found" in err
+    assert metrics(tmp_path / "r2")["n_test"] == 2

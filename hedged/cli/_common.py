@@ -13,6 +13,9 @@ from pathlib import Path
 EXIT_OK, EXIT_FAILED_INPUTS, EXIT_USAGE = 0, 1, 2
 # 128 + SIGINT, what shells report for a command stopped with Ctrl-C.
 EXIT_INTERRUPTED = 130
+#: The reader of our output went away (``| head``): 128 + SIGPIPE, what a shell reports
+#: for a Unix tool killed by the signal; not a failure of any input.
+EXIT_BROKEN_PIPE = 141
 
 
 class UsageError(Exception):
@@ -69,7 +72,7 @@ def run_cli(parser: argparse.ArgumentParser, run, argv=None, joined=("--tta",)) 
         # the reader went away (`predict.py --json ... | head`): stop quietly, as Unix tools do;
         # stdout goes to devnull so the interpreter's final flush cannot raise again
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_FAILED_INPUTS
+        return EXIT_BROKEN_PIPE
 
 
 def parse_accuracy(text: str) -> float:

@@ -208,6 +208,14 @@ def _from_bundle(args):
     return clf.taxonomy, cal, (b.test_probs, b.test_labels), provenance
 
 
+def _photo_key(photo_id) -> str:
+    """A photo's id without folders and image extension (matching split ids across data layouts)."""
+    name = Path(str(photo_id)).name
+    stem, dot, ext = name.rpartition(".")
+    return stem if dot and ext.lower() in ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "heic",
+                                           "heif", "avif") else name
+
+
 def _from_data(args):
     import numpy as np
 
@@ -228,13 +236,22 @@ def _from_data(args):
     except (ValueError, OSError) as err:
         raise UsageError(f"cannot read data {path}: {err}") from None
     notes = []
+    # ids are compared by file name without folder or image extension: a CSV id "ab12",
+    # "ab12.jpg" and a class folder's "Shirt/ab12.jpg" are one photo
+    keys = np.array([_photo_key(i) for i in data.ids])
     if args.split is not None:
         if not b.split or args.split not in b.split:
             known = ", ".join(sorted(b.split)) if b.split else "none stored"
             raise UsageError(f"the bundle has no split {args.split!r} (splits: {known})")
-        data = data.subset(np.flatnonzero(np.isin(data.ids, np.asarray(b.split[args.split], dtype=str))))
+        wanted = {_photo_key(i) for i in b.split[args.split]}
+        data = data.subset(np.flatnonzero(np.isin(keys, list(wanted))))
+        if len(data) == 0:
+            raise UsageError(f"none of the bundle's {len(wanted)} {args.split} photos is in {path} "
+                             "(compared by file name without extension)")
+        notes.append(f"{len(data)} of the bundle's {len(wanted)} {args.split} photos found in {path}")
+        print(f"note: {notes[-1]}", file=sys.stderr)
     elif b.split:
-        seen = {k: int(np.isin(data.ids, np.asarray(v, dtype=str)).sum()) for k, v in b.split.items() if k != "test"}
+        seen = {k: int(np.isin(keys, [_photo_key(i) for i in v]).sum()) for k, v in b.split.items() if k != "test"}
         overlap = {k: v for k, v in seen.items() if v}
         if overlap:
             msg = "data overlaps the bundle's " + ", ".join(f"{k} split ({v} images)" for k, v in overlap.items())

@@ -69,7 +69,9 @@ def _run(args) -> int:
         from hedged.export import DEFAULT_FP32_LAYERS, export_bundle
         from hedged.models.onnx_model import MAX_OPSET, MIN_OPSET
     except ImportError as err:
-        raise UsageError(f"export needs torch and onnx: pip install 'hedged[export]' ({err})") from None
+        from hedged.models.extras import hint
+
+        raise UsageError(f"export needs torch and onnx ({err.name or err} is not installed): {hint('export')}") from None
     if not MIN_OPSET <= args.opset <= MAX_OPSET:
         raise UsageError(f"--opset must be in {MIN_OPSET}..{MAX_OPSET}, got {args.opset}")
 

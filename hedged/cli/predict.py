@@ -76,7 +76,8 @@ was exported from when that is found beside it with the exported weights
 exit status: 0 all images classified; 1 at least one input could not be read
 (or matched nothing); 2 usage error (bad --accuracy, missing model, TTA the
 model was not calibrated for, ...); 130 interrupted (Ctrl-C), after the
-answers already written.
+answers already written; 141 the reader of the output went away (| head), as
+for any Unix tool ended by SIGPIPE, with no error message.
 """
 
 
@@ -170,14 +171,14 @@ def _print_text(console, pred, clf, explanation=None) -> None:
     node, leaf, tax = pred.node, pred.leaf, clf.taxonomy
     where = "" if pred.source is None else escape(pred.source)
     console.print(f"[bold]{where}[/bold]")
-    if node is None:  # judged outside the taxonomy
-        console.print(f"  answer      [bold red]{escape(outside_name(tax))}[/bold red]  [dim](score {pred.taxonomy_score:.2f})[/dim]")
+    if node is None:  # judged outside the taxonomy: the record's headline, "not clothing"
+        console.print(f"  answer      [bold red]{escape(pred.headline)}[/bold red]  [dim](score {pred.taxonomy_score:.2f})[/dim]")
         console.print(f"  leaf guess  [dim]{escape(leaf.display_name)} {format_share(pred.leaf_probability)} if it were[/dim]")
         _print_notes(console, pred, explanation)
         return
     if node.name == tax.root and not node.is_leaf:
         # The root says nothing by itself: say that the model is not sure, and what it would guess.
-        console.print(f"  answer      [bold yellow]not sure beyond {escape(node.display_name)}[/bold yellow]"
+        console.print(f"  answer      [bold yellow]{escape(pred.headline)}[/bold yellow]"
                       f"  [dim]({escape(node.name)}, all {len(node.leaves)} leaves)[/dim]")
         console.print(f"  best leaf   {_leaf_line(pred)}")
     else:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
 from hedged.cli._common import EXIT_OK, Parser, UsageError, positive_int, run_cli
 
@@ -19,11 +18,35 @@ environment: HEDGED_MODEL, HEDGED_HOST, HEDGED_PORT, HEDGED_MAX_IMAGE_BYTES,
 HEDGED_MAX_IMAGES, HEDGED_MAX_REQUEST_BYTES, HEDGED_QUEUE_SIZE, HEDGED_TIMEOUT,
 HEDGED_BATCH_SIZE, HEDGED_LOG_LEVEL (flags win over them).
 
-endpoints: GET /healthz, /readyz, /v1/model, /v1/taxonomy, /metrics;
-POST /v1/predict. See docs/serving.md.
+endpoints: GET / (the page), /docs (API docs), /healthz, /readyz, /v1/model,
+/v1/taxonomy, /metrics; POST /v1/predict, /v1/explain. See docs/serving.md.
 
-SIGTERM or Ctrl-C: requests in flight finish, new ones get 503, then exit 0.
+SIGTERM or Ctrl-C: requests in flight finish, new ones get 503, then the
+process ends by the signal, as uvicorn does (exit status 143 for SIGTERM, 130
+for Ctrl-C).
+
+exit status: 2 usage error (bad flag, missing model, port in use), said in one
+line before the model loads.
 """
+
+
+def _check_port(host: str, port: int) -> None:
+    """One line now, rather than uvicorn's ERROR lines after the model has loaded."""
+    import socket
+
+    if not port:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as err:
+        raise UsageError(f"cannot listen on {host}: {err.strerror}") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(addr)
+        except OSError as err:
+            raise UsageError(f"cannot listen on {host}:{port}: {err.strerror}") from None
 
 
 def build_parser() -> Parser:
@@ -62,8 +85,13 @@ def _run(args) -> int:
         )
     except ValueError as err:
         raise UsageError(str(err)) from None
-    if settings.model is not None and not Path(settings.model).is_dir():
-        raise UsageError(f"model bundle not found: {settings.model}")
+    from hedged.models.bundle import BundleError, resolve_bundle
+
+    try:
+        resolve_bundle(settings.model)
+    except BundleError as err:
+        raise UsageError(str(err)) from None
+    _check_port(settings.host, settings.port)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     make_server(settings).run()

@@ -29,6 +29,12 @@ async def page() -> FileResponse:
     return FileResponse(STATIC / "index.html", media_type="text/html")
 
 
+@router.get("/favicon.ico")
+async def favicon() -> FileResponse:
+    # browsers ask for /favicon.ico whatever the page links: an SVG icon, not a 404
+    return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
+
+
 @router.get("/docs")
 async def docs() -> HTMLResponse:
     # FastAPI's default docs page loads Swagger UI from a CDN: the server

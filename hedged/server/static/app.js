@@ -17,7 +17,18 @@ const CONCURRENCY = 2;      // the server runs one inference thread: more only q
 const queue = [];
 let running = 0;
 
-function pct(x) { return (100 * x).toFixed(1) + "%"; }
+// A share as the command line writes it (hedged.cli.predict.format_share): one decimal,
+// more when needed so that nothing short of certain reads as 100% (or as 0%).
+function pct(x) {
+  if (x >= 1) return "100%";
+  if (x <= 0) return "0%";
+  for (let d = 1; d < 12; d++) {
+    const text = (100 * x).toFixed(d);
+    const v = parseFloat(text);
+    if (v !== 0 && v !== 100) return (d > 1 ? text.replace(/0+$/, "").replace(/\.$/, "") : text) + "%";
+  }
+  return (100 * x).toPrecision(3) + "%";
+}
 function target() { return Math.round(parseFloat(slider.value) * 1000) / 1000; }
 
 async function loadTaxonomy() {
@@ -42,18 +53,40 @@ function answerAt(record, a) {
 function render(card) {
   const {el, record} = card;
   if (!record || record.error) return;
-  const ans = answerAt(record, target());
-  el.querySelector(".node").textContent = ans.display_name;
-  el.querySelector(".prob").textContent = "p = " + pct(ans.probability);
+  const answer = el.querySelector(".answer");
   const ol = el.querySelector(".crumbs ol");
-  ol.replaceChildren(...ans.path.map((node, i) => {
+  const leafNote = el.querySelector(".leaf-note");
+  el.querySelector(".leaf-name").textContent = record.leaf_guess_display_name;
+  el.querySelector(".leaf-prob").textContent = "p = " + pct(record.leaf_probability);
+  if (record.in_taxonomy === false) {
+    // The detector's verdict holds at every target: the same words as the command line.
+    answer.dataset.kind = "outside";
+    el.querySelector(".node").textContent = record.headline;
+    el.querySelector(".prob").textContent = "";
+    ol.replaceChildren();
+    el.querySelector(".leaf .label").textContent = "If it were, the model would guess";
+    leafNote.textContent = "";
+    el.querySelector(".why-toggle").hidden = true;
+    el.dataset.node = "";
+    return;
+  }
+  const ans = answerAt(record, target());
+  const root = ans.path.length === 1;
+  answer.dataset.kind = root ? "not_sure" : "answer";
+  // The root says nothing by itself: "not sure beyond Clothing", never "Clothing 100%".
+  el.querySelector(".node").textContent = root ? "Not sure beyond " + ans.display_name : ans.display_name;
+  el.querySelector(".prob").textContent = root ? "" : "p = " + pct(ans.probability);
+  ol.replaceChildren(...(root ? [] : ans.path).map((node, i) => {
     const li = document.createElement("li");
     li.textContent = show(node);
     if (i === ans.path.length - 1) li.setAttribute("aria-current", "location");
     return li;
   }));
-  el.querySelector(".leaf-name").textContent = record.leaf_guess_display_name;
-  el.querySelector(".leaf-prob").textContent = "p = " + pct(record.leaf_probability);
+  el.querySelector(".leaf .label").textContent = "Leaf guess";
+  const at = record.leaf_at_target;
+  leafNote.textContent = root && at !== null && at !== undefined
+    ? `answered at targets up to ${pct(at)}` : "";
+  el.querySelector(".why-toggle").hidden = false;
   el.dataset.node = ans.node;
   // A heat map shown for another node than the new answer: swap in that node's if
   // it is cached, else hide it; the next press asks for the new node.
@@ -78,9 +111,12 @@ function showWhy(card, data) {
   heat.src = first.heatmap;
   heat.alt = "Heat map: where the photo shows " + first.display_name;
   heat.hidden = false;
-  el.querySelector(".why-caption").textContent = "Why: " + first.display_name;
+  // A "not sure" answer is explained by the children it could not choose between.
+  const unsure = first.role === "child";
+  el.querySelector(".why-caption").textContent = unsure
+    ? "Not sure between: " + first.display_name + " " + pct(first.probability) : "Why: " + first.display_name;
   const rest = data.explained.slice(1);
-  const lead = rest.length && rest[0].role === "alternative" ? "Ruled out: " : "Between: ";
+  const lead = unsure ? "and: " : (rest.length && rest[0].role === "alternative" ? "Ruled out: " : "Between: ");
   el.querySelector(".why-others").textContent = rest.length
     ? lead + rest.map((e) => `${e.display_name} ${pct(e.probability)}`).join(" · ") : "";
   el.querySelector(".why-toggle").setAttribute("aria-pressed", "true");
@@ -141,19 +177,27 @@ function addCard(file) {
   const el = template.content.firstElementChild.cloneNode(true);
   el.querySelector(".file").textContent = file.name;
   const thumb = el.querySelector(".thumb");
-  if (file.type.startsWith("image/")) {
-    const img = document.createElement("img");
-    img.src = URL.createObjectURL(file);
-    img.alt = "Photo " + file.name;
-    thumb.append(img);
-  } else {
+  const noPreview = () => {
     const none = document.createElement("div");
     none.className = "none";
     none.setAttribute("role", "img");
     none.setAttribute("aria-label", "No preview for " + file.name);
     none.textContent = "no preview";
-    thumb.append(none);
+    return none;
+  };
+  if (file.type.startsWith("image/")) {
+    const img = document.createElement("img");
+    img.alt = "Photo " + file.name;
+    // A file that only claims to be an image: no broken-image icon, the same box as any other.
+    img.addEventListener("error", () => img.replaceWith(noPreview()), {once: true});
+    img.src = URL.createObjectURL(file);
+    thumb.append(img);
+  } else {
+    thumb.append(noPreview());
   }
+  // Heat maps on a 120 px thumbnail are hard to read: a click enlarges the photo and its map.
+  thumb.addEventListener("click", () => el.classList.toggle("enlarged"));
+  thumb.title = "Click to enlarge";
   list.append(el);
   const card = {el, record: null, file, why: {}, whyShown: null};
   el.querySelector(".why-toggle").addEventListener("click", () => toggleWhy(card));
