@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from hedged.server.engine import Engine
 from hedged.server.observability import Metrics, ServingMiddleware
@@ -94,6 +95,9 @@ def create_app(settings: Settings | None = None, *, loader=None) -> FastAPI:
     if assets is not None:
         app.mount(DOCS_ASSETS, StaticFiles(directory=assets), name="docs-assets")
     app.add_middleware(ServingMiddleware, state=app.state)
+    # Outermost: a Host header other than the allowed names gets 400 before anything runs,
+    # so a DNS-rebinding page cannot reach a server bound to loopback.
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.host_names())
 
     def openapi():
         # /v1/predict and /v1/explain parse their bodies themselves (multipart or

@@ -33,6 +33,29 @@ class DeadlineExceeded(TimeoutError):
 _STOP = object()
 
 
+def _malloc_trim():
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        return None
+
+
+_TRIM = _malloc_trim()
+
+
+def release_memory() -> None:
+    """Return freed heap memory to the system after a job (``malloc_trim``, glibc only).
+
+    A request with large photos decodes hundreds of megabytes that are freed at once;
+    without this the process keeps them as its resident size until the next large one.
+    """
+    if _TRIM is not None:
+        _TRIM(0)
+
+
 class Engine:
     """Loads the classifier on its thread, then runs submitted jobs one at a time.
 
@@ -67,6 +90,10 @@ class Engine:
     def depth(self) -> int:
         """Jobs waiting plus the one running."""
         return self._jobs.qsize() + self._busy
+
+    def full(self) -> bool:
+        """Whether a new job would be refused now (checked before a request's body is read)."""
+        return self._jobs.full()
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         return self._ready.wait(timeout)
@@ -126,6 +153,8 @@ class Engine:
                 result = fn(self.classifier)
             except BaseException as err:  # noqa: BLE001 - handed to the waiting request
                 error = err
+            # Give decoded photos' memory back to the system (glibc keeps freed arenas).
+            release_memory()
             # Idle before the request wakes: it may read the depth at once (/metrics after a reply).
             self._busy = 0
             if error is None:

@@ -34,7 +34,7 @@ class CalibrationInfo(BaseModel):
 
 
 class ModelInfo(BaseModel):
-    bundle: str | None = Field(description="bundle directory the server runs")
+    bundle: str | None = Field(description="name of the bundle directory the server runs (no server path)")
     format: str | None
     arch: str | None
     taxonomy: TaxonomySize
@@ -89,6 +89,8 @@ class ImageResult(BaseModel):
 
     image: str
     error: str | None = None
+    kind: Literal["answer", "not_sure", "outside"] | None = None
+    headline: str | None = None
     in_taxonomy: bool | None = None
     taxonomy_score: float | None = None
     node: str | None = None
@@ -127,7 +129,7 @@ class PredictJSON(BaseModel):
 
     images: list[Base64Image] = Field(min_length=1)
     accuracy: float | None = Field(None, description="target accuracy in (0, 1]; default 0.95")
-    guarantee: str | None = Field(None, description="pac (default), pac-group or expected")
+    guarantee: str | None = Field(None, description="auto (default: pac-seller for a model that stores its calibration contributors, else pac), pac, pac-seller, pac-group or expected")
     path_over_targets: bool | None = None
 
 
@@ -165,5 +167,6 @@ class ExplainJSON(BaseModel):
     image: Base64Image
     accuracy: float | None = Field(None, description="target accuracy in (0, 1]; default 0.95")
     node: str | None = Field(None, description="taxonomy node to explain; default the answer at `accuracy`")
-    guarantee: str | None = Field(None, description="pac (default), pac-group or expected")
+    guarantee: str | None = Field(None, description="auto (default: pac-seller for a model that stores its calibration contributors, else pac), pac, pac-seller, pac-group or expected")
     method: str | None = Field(None, description="gradcam (the only one served)")
+    format: str | None = Field(None, description="json (default) or png")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import sys
 import warnings
 from dataclasses import dataclass
@@ -24,10 +23,12 @@ from hedged.results import Prediction
 
 @dataclass(frozen=True)
 class Upload:
-    """One uploaded image: the name the client gave it and its bytes."""
+    """One uploaded image: the name the client gave it and its bytes, or why it was refused
+    (over the per-image size limit: that photo gets an error record, the others are answered)."""
 
     name: str
     data: bytes
+    error: str | None = None
 
 
 def _named_stream(upload: Upload) -> io.BytesIO:
@@ -36,7 +37,12 @@ def _named_stream(upload: Upload) -> io.BytesIO:
     return stream
 
 
-def classify(clf, uploads: list[Upload], accuracy: float, guarantee: str, with_path: bool = False):
+class Cancelled(Exception):
+    """The request's client went away: the job stopped between batches."""
+
+
+def classify(clf, uploads: list[Upload], accuracy: float, guarantee: str, with_path: bool = False,
+             cancel=None, chunk: int = 8):
     """Hedged records for ``uploads``, one per upload, in order.
 
     Returns ``(records, warnings)``: each record is ``predict.py --json``'s
@@ -47,23 +53,26 @@ def classify(clf, uploads: list[Upload], accuracy: float, guarantee: str, with_p
     each step with the node's ``probability`` and ``path`` added so that a
     client can show any target without asking again.
     """
-    from hedged.models import ImageLoadError
-
     records: list[dict | None] = [None] * len(uploads)
-    images, rows = [], []
+    streams, rows = [], []
     for i, up in enumerate(uploads):
-        try:
-            # The recipe's own loader (pixel limit, JPEG draft decoding), as predict.py's files get.
-            images.append(clf.preprocess.load(_named_stream(up)))
-            rows.append(i)
-        except (ImageLoadError, OSError) as err:
-            records[i] = Prediction.failed(up.name, str(err), accuracy, guarantee).to_record()
+        if up.error is not None:
+            records[i] = Prediction.failed(up.name, up.error, accuracy, guarantee).to_record()
+            continue
+        streams.append(_named_stream(up))
+        rows.append(i)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        if images:
-            # The facade call predict.py makes (taxonomy check included).
-            preds = clf.predict(images, accuracy, guarantee, errors="collect", path_over_targets=with_path)
-            for i, pred in zip(rows, preds):
+        # The facade call predict.py makes (taxonomy check included): it decodes the
+        # uploads one at a time (JPEG draft decoding, the pixel limit) and keeps only
+        # model-sized images, so a request never holds its photos at full resolution.
+        # In chunks of one batch, so that a request whose client went away stops early.
+        for start in range(0, len(streams), max(1, chunk)):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled
+            part = slice(start, start + max(1, chunk))
+            preds = clf.predict(streams[part], accuracy, guarantee, errors="collect", path_over_targets=with_path)
+            for i, pred in zip(rows[part], preds):
                 records[i] = record = pred.to_record()
                 record["image"] = uploads[i].name
     messages = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))
@@ -128,13 +137,9 @@ def model_info(clf, load_seconds: float | None) -> dict:
     """Bundle metadata for ``GET /v1/model``."""
     bundle = getattr(clf, "bundle_", None)
     tax = clf.taxonomy
-    manifest = {}
+    # the manifest read when the model loaded, not the file now (which may have gone)
+    manifest = dict(getattr(bundle, "manifest", None) or {})
     path = getattr(bundle, "path", None)
-    if path is not None:
-        try:
-            manifest = json.loads((path / "bundle.json").read_text())
-        except (OSError, ValueError):
-            manifest = {}
     groups = getattr(clf, "calibration_groups_", None)
     if groups is None:
         groups = getattr(bundle, "calibration_groups", None)
@@ -144,7 +149,8 @@ def model_info(clf, load_seconds: float | None) -> dict:
         if mod in sys.modules:  # only the backend this bundle runs on
             runtime[dist] = _version(dist)
     return {
-        "bundle": None if path is None else str(path),
+        # the bundle's name, not the server's file system layout
+        "bundle": None if path is None else path.name,
         "format": manifest.get("format"),
         "arch": getattr(bundle, "arch", None),
         "taxonomy": {"root": tax.root, "n_leaves": tax.n_leaves, "n_nodes": tax.n_nodes},
@@ -156,7 +162,7 @@ def model_info(clf, load_seconds: float | None) -> dict:
             "groups": None if groups is None else int(len(np.unique(np.asarray(groups)))),
         },
         "guarantees": list(GUARANTEES),
-        "default_guarantee": clf.guarantee,
+        "default_guarantee": clf.resolve_guarantee(),
         "delta": float(clf.delta),
         "metrics": manifest.get("metrics", {}),
         "versions": {"bundle": manifest.get("versions", {}), "server": runtime},

@@ -20,7 +20,12 @@ ENV = {
     "HEDGED_TIMEOUT": "timeout",
     "HEDGED_BATCH_SIZE": "batch_size",
     "HEDGED_LOG_LEVEL": "log_level",
+    "HEDGED_MAX_REQUEST_PIXELS": "max_request_pixels",
+    "HEDGED_READ_TIMEOUT": "read_timeout",
+    "HEDGED_ALLOWED_HOSTS": "allowed_hosts",
 }
+#: Host names a server bound to a loopback address answers to (beside the address itself).
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,17 @@ class Settings:
     batch_size : int
         Images per forward pass (as ``predict.py --batch-size``).
     log_level : str
+    max_request_pixels : int
+        Decoded pixels one request may hold in total, counted from the image
+        headers before anything is decoded (JPEGs count at the reduced size they
+        are decoded at); over it the request gets 413 naming the budget.
+    read_timeout : float
+        Seconds a client may take to send a request's headers, and its body; a
+        slower client is cut off (408 for the body, the connection closed for headers).
+    allowed_hosts : str or None
+        Comma-separated ``Host`` header values the server answers to (``*``: any).
+        Default: the bound address and the loopback names when bound to loopback
+        (a DNS-rebinding page cannot reach it), any when bound to all interfaces.
     """
 
     model: str | None = None
@@ -55,19 +71,33 @@ class Settings:
     timeout: float = 30.0
     batch_size: int = 8
     log_level: str = "info"
+    max_request_pixels: int = 400_000_000
+    read_timeout: float = 30.0
+    allowed_hosts: str | None = None
 
     def __post_init__(self):
-        for name in ("max_image_bytes", "max_images", "max_request_bytes", "queue_size", "batch_size"):
+        for name in ("max_image_bytes", "max_images", "max_request_bytes", "queue_size", "batch_size",
+                     "max_request_pixels"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if not 0 <= int(self.port) <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port!r}")
         if not float(self.timeout) > 0:
             raise ValueError(f"timeout must be a positive number of seconds, got {self.timeout!r}")
+        if not float(self.read_timeout) > 0:
+            raise ValueError(f"read_timeout must be a positive number of seconds, got {self.read_timeout!r}")
         level = str(self.log_level).lower()
         if level not in LOG_LEVELS:
             raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
         object.__setattr__(self, "log_level", level)  # uvicorn wants lower case
+
+    def host_names(self) -> list[str]:
+        """The ``Host`` values to answer (``["*"]``: any); see ``allowed_hosts``."""
+        if self.allowed_hosts:
+            return [h.strip() for h in str(self.allowed_hosts).split(",") if h.strip()]
+        if self.host in ("0.0.0.0", "::", ""):
+            return ["*"]
+        return list(dict.fromkeys([self.host, *LOOPBACK_NAMES]))
 
     @classmethod
     def from_env(cls, environ=None, **overrides) -> Settings:

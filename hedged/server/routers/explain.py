@@ -20,6 +20,8 @@ from hedged.server.routers.predict import (
     _one,
     _parse_form_value,
     accuracy_param,
+    check_capacity,
+    check_filename,
     guarantee_param,
     loaded_engine,
     read_body,
@@ -44,6 +46,7 @@ _PARAMS = {
     "node": {"type": "string", "description": "taxonomy node to explain; default the answer at `accuracy`"},
     "guarantee": {"type": "string", "enum": list(GUARANTEES)},
     "method": {"type": "string", "enum": [SERVED_METHOD]},
+    "format": {"type": "string", "enum": ["json", "png"], "description": "json (default) or png"},
 }
 _MULTIPART_SCHEMA = {
     "type": "object",
@@ -77,10 +80,11 @@ async def _read_multipart(request: Request, settings):
         raise HTTPException(422, "image: send exactly one file in the multipart field 'image'")
     f = files[0]
     name = f.filename or "image"
+    check_filename(name, "image")
     if f.size is not None and f.size > settings.max_image_bytes:
         raise HTTPException(413, f"image {name!r} is {f.size:,} bytes, over the limit of {settings.max_image_bytes:,}")
     params = {}
-    for key, kind in (("accuracy", float), ("node", str), ("guarantee", str), ("method", str)):
+    for key, kind in (("accuracy", float), ("node", str), ("guarantee", str), ("method", str), ("format", str)):
         if key in form:
             params[key] = _parse_form_value(key, form[key], kind)
     return Upload(name, await f.read()), params
@@ -99,7 +103,7 @@ async def _read_json(request: Request, settings):
         raise HTTPException(
             413, f"image {body.image.filename!r} is {len(data):,} bytes, over the limit of {settings.max_image_bytes:,}"
         )
-    params = body.model_dump(include={"accuracy", "node", "guarantee", "method"}, exclude_none=True)
+    params = body.model_dump(include={"accuracy", "node", "guarantee", "method", "format"}, exclude_none=True)
     return Upload(body.image.filename, data), params
 
 
@@ -141,15 +145,17 @@ async def explain_photo(
     request: Request,
     accuracy: float | None = Query(None, description="target accuracy in (0, 1]; default 0.95"),
     node: str | None = Query(None, description="taxonomy node to explain; default the answer at `accuracy`"),
-    guarantee: str | None = Query(None, description=f"one of {', '.join(GUARANTEES)}; default pac"),
+    guarantee: str | None = Query(None, description=f"one of {', '.join(GUARANTEES)}; default auto (pac-seller when the model stores its calibration contributors, else pac)"),
     method: str | None = Query(None, description="gradcam, the only method served"),
     format: str | None = Query(None, description="json (default) or png; else the Accept header decides"),  # noqa: A002
 ):
     state = request.app.state
     settings = state.settings
     started = time.monotonic()
-    png = _wants_png(request, format)
+    check_capacity(state)
     upload, params = await read_body(request, settings, _read_multipart, _read_json, "image")
+    # format=gif in the query, a form field or the JSON body: a 422, never a silent JSON answer
+    png = _wants_png(request, _one("format", format, params.get("format")))
     acc = accuracy_param(accuracy, params)
     method_ = check_served_method(_one("method", method, params.get("method")))
     guarantee_ = guarantee_param(guarantee, params)
@@ -163,7 +169,7 @@ async def explain_photo(
     job = partial(_explain_job, upload=upload, accuracy=acc, node=node_, guarantee=guarantee_, method=method_)
     outcome = state.metrics.explanations
     try:
-        expl = await run_on_engine(engine, job, deadline, settings.timeout)
+        expl = await run_on_engine(engine, job, deadline, settings.timeout, request)
     except (ExplainUnavailableError, ImportError) as err:  # an ONNX bundle, or no captum
         raise HTTPException(501, " ".join(str(err).split())) from None
     except (ImageLoadError, OSError, UncalibratedError) as err:

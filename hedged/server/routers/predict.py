@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import threading
 import time
 from functools import partial
+
 from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from hedged.classifier import GUARANTEES, UncalibratedError, check_accuracy, check_guarantee
 from hedged.server.engine import DeadlineExceeded, NotReady, QueueFull
+from hedged.server.observability import CLIENT_CLOSED
 from hedged.server.schemas import PredictJSON, PredictResponse, Problem
 from hedged.server.service import Upload, classify
 
@@ -32,7 +35,11 @@ _MULTIPART_SCHEMA = {
 }
 
 _ERRORS = {
-    413: {"model": Problem, "description": "over the size limits (per image, images per request, bytes per request)"},
+    400: {"model": Problem, "description": "a malformed multipart body (no boundary, a broken part)"},
+    408: {"model": Problem, "description": "the request body took longer than the request deadline to arrive"},
+    413: {"model": Problem, "description": "over the size limits (images per request, bytes per request; on "
+                                           "/v1/predict a photo over the per-image limit gets an error record "
+                                           "and the others are answered)"},
     415: {"model": Problem, "description": "neither multipart/form-data nor application/json"},
     422: {"model": Problem, "description": "bad parameters or body"},
     503: {"model": Problem, "description": "model not loaded, queue full, or shutting down: retry later"},
@@ -74,12 +81,29 @@ def _parse_form_value(name: str, text, kind):
 
 async def read_body(request: Request, settings, read_multipart, read_json, field: str):
     """The uploads and parameters of a request body, multipart or JSON; 415 for anything else."""
+    from starlette.formparsers import MultiPartException
+    from starlette.requests import ClientDisconnect
+
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype == "multipart/form-data":
-        return await read_multipart(request, settings)
-    if ctype == "application/json":
-        return await read_json(request, settings)
-    raise HTTPException(415, f"send the {field} as multipart/form-data (field '{field}') or application/json")
+    started = time.monotonic()
+    try:
+        if ctype == "multipart/form-data":
+            try:
+                out = await read_multipart(request, settings)
+            except MultiPartException as err:  # no boundary, a broken part: the client's mistake
+                raise HTTPException(400, f"malformed multipart body: {err.message}") from None
+        elif ctype == "application/json":
+            out = await read_json(request, settings)
+        else:
+            raise HTTPException(415, f"send the {field} as multipart/form-data (field '{field}') or application/json")
+    except ClientDisconnect:
+        # the client reset or closed the connection while sending: one info line, no 500
+        request.app.state.metrics.cancelled.labels("reading").inc()
+        raise HTTPException(CLIENT_CLOSED, "the client went away while sending the request") from None
+    if time.monotonic() - started > settings.timeout:
+        # the body took longer to arrive than the whole request may take: the client was slow
+        raise HTTPException(408, f"the request body took longer than the deadline of {settings.timeout:g} s to arrive")
+    return out
 
 
 def accuracy_param(query, params) -> float:
@@ -109,20 +133,58 @@ def loaded_engine(state):
     return engine
 
 
-async def run_on_engine(engine, job, deadline: float, timeout: float):
+#: Seconds between checks that the client is still there while its job waits or runs.
+DISCONNECT_POLL = 0.2
+
+
+async def run_on_engine(engine, job, deadline: float, timeout: float, request: Request | None = None,
+                        cancel: threading.Event | None = None):
     """``job(classifier)`` on the inference thread: 503 when it cannot be queued, 504 past ``deadline``.
 
-    Other exceptions of the job reach the caller, which maps them to its statuses.
+    While it waits or runs, the client is watched: when it goes away, a queued job is
+    dropped before it runs and a running one is told to stop (``cancel``, which the
+    job checks between batches); the request ends with 499 and is counted as
+    cancelled, never as answered. Other exceptions of the job reach the caller.
     """
     try:
         future = engine.submit(job, deadline)
     except (NotReady, QueueFull) as err:
         raise HTTPException(503, f"cannot take the request now: {err}", headers={"Retry-After": "1"}) from None
+    waiter = asyncio.wrap_future(future)
+    # a job stopped after its client left ends with an exception nobody awaits: consume it
+    waiter.add_done_callback(lambda f: f.cancelled() or f.exception())
     try:
-        return await asyncio.wait_for(asyncio.wrap_future(future), max(deadline - time.monotonic(), 0))
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise asyncio.TimeoutError
+            done, _ = await asyncio.wait({waiter}, timeout=min(DISCONNECT_POLL, remaining))
+            if done:
+                return waiter.result()
+            if request is not None and await request.is_disconnected():
+                stage = "queued" if future.cancel() else "running"
+                if cancel is not None:
+                    cancel.set()
+                request.app.state.metrics.cancelled.labels(stage).inc()
+                raise HTTPException(CLIENT_CLOSED, "the client went away")
     except (asyncio.TimeoutError, DeadlineExceeded):
         future.cancel()  # still queued: the inference thread skips it
+        if cancel is not None:
+            cancel.set()
         raise HTTPException(504, f"no answer within the request deadline of {timeout:g} s") from None
+
+
+#: Longest file name an upload may carry, in multipart as in JSON (``Base64Image.filename``).
+MAX_FILENAME = 255
+
+
+def check_filename(name: str, field: str) -> None:
+    if len(name) > MAX_FILENAME:
+        raise HTTPException(422, f"{field}: file name of {len(name):,} characters, longer than {MAX_FILENAME}")
+
+
+def _too_big(len_: int, limit: int) -> str:
+    return f"{len_:,} bytes, over the per-image limit of {limit:,}"
 
 
 async def _read_multipart(request: Request, settings):
@@ -137,8 +199,11 @@ async def _read_multipart(request: Request, settings):
         if not isinstance(f, UploadFile):
             raise HTTPException(422, "images: every 'images' part must be a file")
         name = f.filename or "image"
+        check_filename(name, "images")
         if f.size is not None and f.size > settings.max_image_bytes:
-            raise HTTPException(413, f"image {name!r} is {f.size:,} bytes, over the limit of {settings.max_image_bytes:,}")
+            # this photo gets an error record; the others are still answered
+            uploads.append(Upload(name, b"", _too_big(len_=f.size, limit=settings.max_image_bytes)))
+            continue
         uploads.append(Upload(name, await f.read()))
     params = {}
     for key, kind in (("accuracy", float), ("guarantee", str), ("path_over_targets", bool)):
@@ -161,9 +226,8 @@ async def _read_json(request: Request, settings):
         except (binascii.Error, ValueError):
             raise HTTPException(422, f"images.{i}.data: not valid base64") from None
         if len(data) > settings.max_image_bytes:
-            raise HTTPException(
-                413, f"image {img.filename!r} is {len(data):,} bytes, over the limit of {settings.max_image_bytes:,}"
-            )
+            uploads.append(Upload(img.filename, b"", _too_big(len_=len(data), limit=settings.max_image_bytes)))
+            continue
         uploads.append(Upload(img.filename, data))
     params = body.model_dump(include={"accuracy", "guarantee", "path_over_targets"}, exclude_none=True)
     return uploads, params
@@ -195,7 +259,7 @@ async def _read_json(request: Request, settings):
 async def predict(
     request: Request,
     accuracy: float | None = Query(None, description="target accuracy in (0, 1]; default 0.95"),
-    guarantee: str | None = Query(None, description=f"one of {', '.join(GUARANTEES)}; default pac"),
+    guarantee: str | None = Query(None, description=f"one of {', '.join(GUARANTEES)}; default auto (pac-seller when the model stores its calibration contributors, else pac)"),
     path_over_targets: bool | None = Query(
         None, description="add each photo's answer at every target in (0, 1] as `answer_path`"
     ),
@@ -203,16 +267,20 @@ async def predict(
     state = request.app.state
     settings = state.settings
     started = time.monotonic()
+    check_capacity(state)  # before the body is read: a full queue costs the client no upload
     uploads, params = await read_body(request, settings, _read_multipart, _read_json, "images")
     acc = accuracy_param(accuracy, params)
     engine = loaded_engine(state)
     guarantee_ = guarantee_param(guarantee, params)
     with_path = bool(_one("path_over_targets", path_over_targets, params.get("path_over_targets")))
+    await check_pixel_budget(engine, uploads, settings)
 
     deadline = started + settings.timeout
-    job = partial(_classify_job, uploads=uploads, accuracy=acc, guarantee=guarantee_, with_path=with_path)
+    cancel = threading.Event()
+    job = partial(_classify_job, uploads=uploads, accuracy=acc, guarantee=guarantee_, with_path=with_path,
+                  cancel=cancel, chunk=settings.batch_size)
     try:
-        records, messages = await run_on_engine(engine, job, deadline, settings.timeout)
+        records, messages = await run_on_engine(engine, job, deadline, settings.timeout, request, cancel)
     except UncalibratedError as err:  # e.g. pac-group with a bundle that stores no groups
         raise HTTPException(422, " ".join(str(err).split())) from None
     n_err = sum("error" in r for r in records)
@@ -221,5 +289,32 @@ async def predict(
     return PredictResponse(results=records, warnings=messages)
 
 
-def _classify_job(clf, *, uploads, accuracy, guarantee, with_path):
-    return classify(clf, uploads, accuracy, guarantee or clf.guarantee, with_path)
+def _classify_job(clf, *, uploads, accuracy, guarantee, with_path, cancel=None, chunk=8):
+    return classify(clf, uploads, accuracy, guarantee or clf.guarantee, with_path, cancel=cancel, chunk=chunk)
+
+
+def check_capacity(state) -> None:
+    """503 at once when the inference queue is full, before the body is read."""
+    engine = getattr(state, "engine", None)
+    if engine is not None and engine.ready and engine.full():
+        raise HTTPException(503, "cannot take the request now: the inference queue is full",
+                            headers={"Retry-After": "1"})
+
+
+async def check_pixel_budget(engine, uploads, settings) -> None:
+    """413 when the request's photos would decode to more pixels than the budget, read from their headers."""
+    from starlette.concurrency import run_in_threadpool
+
+    from hedged.models.preprocess import decoded_pixels
+
+    clf = engine.classifier
+    size = getattr(getattr(clf, "preprocess", None), "load_size", None)
+    budget = settings.max_request_pixels
+
+    def count():
+        return sum(decoded_pixels(u.data, size) for u in uploads if u.error is None)
+
+    total = await run_in_threadpool(count)
+    if total > budget:
+        raise HTTPException(413, f"the photos of this request decode to {total:,} pixels, over the per-request "
+                                 f"budget of {budget:,} (HEDGED_MAX_REQUEST_PIXELS); send fewer or smaller photos")
