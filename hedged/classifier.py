@@ -157,6 +157,13 @@ class HedgedClassifier:
         Failure probability of the PAC guarantee.
     group_cap : int
         Photos one contributor may weigh in ``"pac-group"``.
+    rejections : {"exclude", "miss"}
+        How the calibration treats its photos the out-of-taxonomy detector turns away
+        (when the detector runs and the bundle stores their scores): ``"exclude"``
+        (default) calibrates on the photos judged in the taxonomy, so the promise is
+        about *photos judged clothing*; ``"miss"`` counts them as wrong answers, so the
+        promise covers every clothing photo a user sends (stricter: with the bundled
+        model's 117 calibration contributors it certifies at most about 0.94).
     model, preprocess, tta_angles, temperature
         The CNN side (set by :meth:`from_bundle`); not needed for
         :meth:`predict_from_probs`.
@@ -192,6 +199,7 @@ class HedgedClassifier:
         guarantee: str = "auto",
         delta: float = 0.05,
         group_cap: int = DEFAULT_GROUP_CAP,
+        rejections: str = "exclude",
         model=None,
         preprocess=None,
         tta_angles: Sequence[float] = (0.0,),
@@ -207,6 +215,9 @@ class HedgedClassifier:
         self.guarantee = check_guarantee(guarantee)
         self.delta = delta
         self.group_cap = group_cap
+        if rejections not in ("exclude", "miss"):
+            raise ValueError(f"rejections must be 'exclude' or 'miss', got {rejections!r}")
+        self.rejections = rejections
         self.model = model
         self.preprocess = preprocess
         angles = check_angles(tta_angles)
@@ -318,6 +329,24 @@ class HedgedClassifier:
             return "pac-seller" if getattr(self, "calibration_groups_", None) is not None else "pac"
         return guarantee
 
+    def promise(self, accuracy: float, guarantee: str | None = None, checked: bool | None = None) -> str:
+        """What a target promises under a guarantee, in one sentence: the words every surface shows."""
+        g = self.resolve_guarantee(guarantee)
+        checked = (self.check_taxonomy and self.detector is not None) if checked is None else checked
+        root = self.taxonomy.display_name(self.taxonomy.root).lower()
+        photos = f"photos judged {root}" if checked and self.rejections == "exclude" else f"{root} photos"
+        share = f"{100 * accuracy:g}%"
+        conf = f"with {100 * (1 - self.delta):g}% confidence over the calibration photos"
+        return {
+            "pac-seller": f"for the average contributor, at least {share} of their {photos} get a right answer "
+                          f"({conf}; contributors like the calibration ones)",
+            "pac-group": f"at least {share} of {photos} get a right answer, each contributor counting for at most "
+                         f"{self.group_cap} photos ({conf})",
+            "pac": f"at least {share} of {photos} get a right answer ({conf}; photos as independent draws, "
+                   "overstated when photos come in clusters)",
+            "expected": f"at least {share} of the calibration {photos} got a right answer (no confidence margin)",
+        }[g] + "; not a promise about any single photo"
+
     def _calibration_rejected(self) -> np.ndarray | None:
         """Which calibration photos the detector turns away (None: unknown or no detector)."""
         scores = getattr(self, "calibration_taxonomy_scores_", None)
@@ -350,7 +379,14 @@ class HedgedClassifier:
                     )
             rule = Darts(self.taxonomy, guarantee="expected" if guarantee == "expected" else "pac", delta=self.delta,
                          group_cap=1 if guarantee == "pac-seller" else self.group_cap)
-            args = (self.calibration_probs_, self.calibration_labels_, groups)
+            probs, labels = self.calibration_probs_, self.calibration_labels_
+            if rejected is not None and self.rejections == "exclude":
+                # the promise is about photos judged in the taxonomy: calibrate on those
+                keep = ~rejected
+                probs, labels = probs[keep], labels[keep]
+                groups = None if groups is None else groups[keep]
+                rejected = None
+            args = (probs, labels, groups)
             self._rules[key] = rule.fit(*args) if rejected is None else rule.fit(*args, rejected=rejected)
         return self._rules[key]
 

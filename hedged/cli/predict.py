@@ -382,8 +382,8 @@ class _Writer:
 
             self.console = Console(highlight=False, soft_wrap=True)
             self.console.print(
-                f"accuracy target {format_share(accuracy)} ({guarantee} guarantee): over many photos at least "
-                f"that share of answers is right; it is not a promise about any single photo"
+                f"accuracy target {format_share(accuracy)} ({clf.resolve_guarantee(guarantee)} guarantee): "
+                f"{clf.promise(accuracy, guarantee)}"
             )
 
     def write(self, pred) -> None:
