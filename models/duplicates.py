@@ -16,7 +16,11 @@ two copies of one photo on both sides, and :func:`conflicts` lists the groups wh
 copies carry different labels.
 
 ``hedged data check`` (:mod:`hedged.data_check`) builds its report on the same
-functions, with a more permissive candidate search and a verification step.
+functions, with a more permissive candidate search and a verification step
+(:func:`inspect_images`, :func:`verified_pairs`): pairs whose hashes are merely close
+are confirmed by local features (ORB keypoints matched under a similarity transform
+with RANSAC, OpenCV), which tells a resized, re-encoded or slightly cropped copy from
+another garment photographed on the same floor.
 """
 
 from __future__ import annotations
@@ -161,3 +165,135 @@ def conflicts(labels, pairs) -> list[np.ndarray]:
         if len(np.unique(labels[members])) > 1:
             out.append(members)
     return out
+
+
+# ---------------------------------------------------------------- the full check
+
+#: Candidate pairs for verification: both hashes within these bits, or either one very close.
+CANDIDATE_BOTH = (16, 16)
+CANDIDATE_EITHER = 10
+#: RANSAC inliers (ORB matches consistent with one similarity transform) that confirm a copy.
+MIN_INLIERS = 10
+#: Side of the image the local features are read on.
+FEATURE_SIDE = 256
+#: Shorter side under which an image is reported as tiny.
+TINY = 32
+
+
+@dataclass
+class ImageInfo:
+    """What one decode of a file tells: hashes, size, mode, EXIF rotation, problems, local features."""
+
+    sha256: str = ""
+    phash: int = 0
+    dhash: int = 0
+    width: int = 0
+    height: int = 0
+    mode: str = ""
+    exif_rotated: bool = False
+    error: str = ""
+    keypoints: np.ndarray | None = None
+    descriptors: np.ndarray | None = None
+
+
+def _orb():
+    from hedged.models.extras import require
+
+    require("cv2", "the duplicate check's verification", "data")
+    import cv2
+
+    return cv2, cv2.ORB_create(nfeatures=500)
+
+
+def inspect_image(path, orb=None) -> ImageInfo:
+    """Decode ``path`` once (reduced size): its hashes, header facts and, with ``orb``, ORB features."""
+    import io
+
+    import imagehash
+    from PIL import Image, ImageOps
+
+    info = ImageInfo()
+    try:
+        data = Path(path).read_bytes()
+        info.sha256 = hashlib.sha256(data).hexdigest()
+        with Image.open(io.BytesIO(data)) as im:
+            info.mode = im.mode
+            try:
+                info.exif_rotated = int(im.getexif().get(0x0112, 1)) not in (0, 1)
+            except Exception:  # noqa: BLE001 - a broken EXIF block is not a broken photo
+                info.exif_rotated = False
+            im.draft("RGB", (FEATURE_SIDE, FEATURE_SIDE))
+            im = ImageOps.exif_transpose(im)
+            im.load()  # truncated data fails here
+            info.width, info.height = im.size
+            small = im.convert("RGB")
+        small.thumbnail((FEATURE_SIDE, FEATURE_SIDE))
+        gray = small.convert("L")
+        info.phash, info.dhash = _bits(imagehash.phash(gray)), _bits(imagehash.dhash(gray))
+        if orb is not None:
+            kp, des = orb.detectAndCompute(np.asarray(gray), None)
+            info.keypoints = np.float32([k.pt for k in kp]).reshape(-1, 2)
+            info.descriptors = des
+    except Exception as e:  # noqa: BLE001 - reported per file, the others go on
+        info.error = f"{type(e).__name__}: {e}".splitlines()[0]
+    return info
+
+
+def inspect_images(paths, progress=None, features: bool = True) -> list[ImageInfo]:
+    """:func:`inspect_image` for every path (ORB features when ``features``)."""
+    orb = _orb()[1] if features else None
+    out = []
+    for k, p in enumerate(paths):
+        out.append(inspect_image(p, orb))
+        if progress is not None:
+            progress(k + 1, len(paths))
+    return out
+
+
+def _inliers(cv2, matcher, a: ImageInfo, b: ImageInfo) -> int:
+    if a.descriptors is None or b.descriptors is None or len(a.descriptors) < 8 or len(b.descriptors) < 8:
+        return 0
+    pairs = matcher.knnMatch(a.descriptors, b.descriptors, k=2)
+    good = [m for m, n in (x for x in pairs if len(x) == 2) if m.distance < 0.75 * n.distance]
+    if len(good) < 4:
+        return 0
+    src = a.keypoints[[m.queryIdx for m in good]]
+    dst = b.keypoints[[m.trainIdx for m in good]]
+    _, mask = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=4.0)
+    return 0 if mask is None else int(mask.sum())
+
+
+def verified_pairs(infos: list[ImageInfo], progress=None) -> tuple[np.ndarray, np.ndarray]:
+    """Copies among ``infos``: exact (same bytes) and near (close hashes confirmed by local features).
+
+    Returns ``(pairs, inliers)``: ``(P, 2)`` index pairs ``i < j`` and the RANSAC inliers of
+    each (a large number for exact copies).
+    """
+    cv2, _ = _orb()
+    ok = np.array([i for i, x in enumerate(infos) if not x.error], dtype=np.int64)
+    ph = np.array([infos[i].phash for i in ok], dtype=np.uint64)
+    dh = np.array([infos[i].dhash for i in ok], dtype=np.uint64)
+    both = hamming_pairs(ph, dh, *CANDIDATE_BOTH)
+    either = hamming_pairs(ph, dh, CANDIDATE_EITHER, CANDIDATE_EITHER, both=False)
+    cand = np.unique(np.concatenate([both, either]), axis=0) if len(both) + len(either) else np.zeros((0, 2), int)
+    cand = ok[cand] if len(cand) else cand
+    sha = {}
+    for i in ok:
+        sha.setdefault(infos[i].sha256, []).append(i)
+    exact = {(a, b) for group in sha.values() for k, a in enumerate(group) for b in group[k + 1:]}
+    matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
+    pairs, counts = [], []
+    for k, (a, b) in enumerate(map(tuple, cand)):
+        n = 10_000 if (a, b) in exact else _inliers(cv2, matcher, infos[a], infos[b])
+        if n >= MIN_INLIERS:
+            pairs.append((a, b))
+            counts.append(n)
+        if progress is not None:
+            progress(k + 1, len(cand))
+    for a, b in exact - set(pairs):
+        pairs.append((a, b))
+        counts.append(10_000)
+    if not pairs:
+        return np.zeros((0, 2), dtype=np.int64), np.zeros(0, dtype=np.int64)
+    order = np.lexsort((np.array(pairs)[:, 1], np.array(pairs)[:, 0]))
+    return np.array(pairs, dtype=np.int64)[order], np.array(counts, dtype=np.int64)[order]

@@ -169,13 +169,25 @@ def gradcam(
     angles = check_angles(angles)
     k, n_nodes, size = len(angles), m.shape[1], x.shape[-2:]
     model.eval()
-    cam = LayerGradCam(NodeProbability(model, m, temperature), gradcam_layer(model) if layer is None else layer)
+    if layer is not None:
+        layers = [layer]
+    elif hasattr(model, "members"):
+        # an ensemble: each member's last stage, weighted by the ensemble's own score, summed
+        # before the ReLU (the members' evidence adds up in the averaged logits)
+        layers = [gradcam_layer(member) for member in model.members]
+    else:
+        layers = [gradcam_layer(model)]
     views = rotate_views(x, angles)  # (k, 3, S, S), angle-major
     # One batch for all (node, view) pairs: node-major rows, each row's target is its node.
     inputs = views.repeat(n_nodes, 1, 1, 1).contiguous(memory_format=torch.channels_last)
     target = [j for j in range(n_nodes) for _ in range(k)]
-    maps = cam.attribute(inputs, target=target, relu_attributions=relu)
-    maps = LayerAttribution.interpolate(maps.detach().float(), tuple(size), interpolate_mode="bilinear")
+    maps = 0
+    for lay in layers:
+        cam = LayerGradCam(NodeProbability(model, m, temperature), lay)
+        part = cam.attribute(inputs, target=target, relu_attributions=relu and len(layers) == 1)
+        maps = maps + LayerAttribution.interpolate(part.detach().float(), tuple(size), interpolate_mode="bilinear")
+    if relu and len(layers) > 1:
+        maps = torch.relu(maps)
     maps = maps.reshape(n_nodes, k, *size)
     back = torch.stack([rotate(maps[:, j : j + 1], -a)[:, 0] for j, a in enumerate(angles)], dim=1)
     # A view rotated by a non-right angle has no content in its corners: rotated back,

@@ -407,6 +407,22 @@ class Taxonomy:
     def is_leaf(self, node) -> bool:
         return self._name(node) in self._leaf_pos
 
+    def keywords(self, node) -> tuple[str, ...]:
+        """The node's title keywords from the YAML (``-`` marks a negative); empty if none."""
+        return tuple(self.graph.nodes[self._name(node)].get("keywords", ()))
+
+    def label_text(self, text):
+        """The deepest node all keywords of a listing title agree on (see :mod:`hedged.taxonomy._text`).
+
+        Returns a :class:`~hedged.taxonomy._text.TextLabel`: ``node`` (None when no
+        keyword matched) and the matched words with their nodes.
+        """
+        from hedged.taxonomy._text import TitleLabeller
+
+        if getattr(self, "_labeller", None) is None:
+            self._labeller = TitleLabeller(self)
+        return self._labeller(text)
+
     # ------------------------------------------------------------------ vectorised
     def _check_probs(self, probs) -> np.ndarray:
         probs = np.asarray(probs, dtype=np.float64)

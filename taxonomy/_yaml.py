@@ -9,8 +9,8 @@ import yaml
 from hedged.taxonomy._core import SELF_SUFFIX, Taxonomy, TaxonomyError
 
 FORMAT = "hedged-taxonomy/1"
-TOP_KEYS = ("format", "name", "display_name", "naming", "children", "extra_parents", "leaves")
-NODE_KEYS = ("display_name", "aliases", "children")
+TOP_KEYS = ("format", "name", "display_name", "naming", "children", "extra_parents", "leaves", "keywords")
+NODE_KEYS = ("display_name", "aliases", "children", "keywords")
 
 
 # libyaml's C parser when present: the 21k WordNet taxonomy round-trips several times faster.
@@ -101,6 +101,7 @@ def taxonomy_from_dict(cls, data: Mapping) -> Taxonomy:
     edges: list[tuple[str, str]] = []
     display: dict[str, str] = {root: root_display}
     aliases: dict[str, list[str]] = {}
+    keywords: dict[str, list[str]] = {}
     where: dict[str, str] = {root: "name"}
 
     # Iterative pre-order walk: deep trees must not hit the recursion limit.
@@ -136,6 +137,8 @@ def taxonomy_from_dict(cls, data: Mapping) -> Taxonomy:
                 display[name] = entry["display_name"]
             elif not synthetic:
                 display[name] = key
+            if "keywords" in entry:
+                keywords[name] = _str_list(entry["keywords"], f"keywords of {name!r}")
             sub = entry.get("children")
             if sub:
                 if "aliases" in entry:
@@ -172,7 +175,22 @@ def taxonomy_from_dict(cls, data: Mapping) -> Taxonomy:
     if len(set(edges)) != len(edges):
         dup = next(e for i, e in enumerate(edges) if e in edges[:i])
         raise TaxonomyError(f"parent {dup[0]!r} of {dup[1]!r} is listed twice")
-    return cls.from_edges(edges, leaves=leaves, display_names=display, aliases=aliases, root=root)
+    top = data.get("keywords") or {}
+    if not isinstance(top, Mapping):
+        raise TaxonomyError("keywords at the top level must be a mapping of node: [keyword, ...]")
+    for name, words in top.items():
+        if name not in where:
+            raise TaxonomyError(f"unknown node {name!r} in keywords")
+        keywords.setdefault(name, []).extend(w for w in _str_list(words, f"keywords of {name!r}")
+                                             if w not in keywords.get(name, []))
+    for name, words in keywords.items():
+        for w in words:
+            if not w.strip().lstrip("-").strip():
+                raise TaxonomyError(f"empty keyword in the keywords of {name!r}")
+    t = cls.from_edges(edges, leaves=leaves, display_names=display, aliases=aliases, root=root)
+    for name, words in keywords.items():
+        t.graph.nodes[name]["keywords"] = tuple(words)
+    return t
 
 
 def _preorder_leaves(root: str, tree_edges: list[tuple[str, str]]) -> list[str]:
@@ -236,6 +254,8 @@ def taxonomy_to_dict(t: Taxonomy, naming: str | None = None) -> dict:
         extra_aliases = list(d["aliases"][1:] if synthetic else d["aliases"])
         if extra_aliases:
             out["aliases"] = extra_aliases
+        if d.get("keywords"):
+            out["keywords"] = list(d["keywords"])
         if v in kids:
             out["children"] = {key_of(c): entry(c) for c in kids[v]}
         return out

@@ -106,8 +106,11 @@ def test_refuses_missing_file(copy):
 
 
 def test_refuses_missing_dir_and_manifest(copy, tmp_path):
-    with pytest.raises(BundleError, match="not a directory"):
+    with pytest.raises(BundleError, match="model bundle not found: .*nope$"):
         load_bundle(tmp_path / "nope")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(BundleError, match="is not a directory"):
+        load_bundle(tmp_path / "file")
     (copy / MANIFEST).unlink()
     with pytest.raises(BundleError, match="no bundle.json"):
         load_bundle(copy)
@@ -228,4 +231,4 @@ def test_add_calibration_groups_refuses_a_tampered_bundle(copy):
 def test_shipped_bundle_stores_contributors_of_its_calibration_photos():
     b = load_bundle()
     assert b.calibration_groups is not None and b.calibration_groups.shape == b.calibration_labels.shape
-    assert len(set(b.calibration_groups)) == 65  # split.json's calibration photos come from 65 senders
+    assert len(set(b.calibration_groups)) == 117  # split.json's calibration photos come from 117 senders

@@ -187,7 +187,8 @@ def test_an_onnx_bundle_is_explained_through_its_torch_source(setup, tmp_path):
     photo = FIXTURES[0]
     e = onnx_clf.explain(photo, node="animal")
     ref = torch_clf.explain(photo, node="animal")
-    assert "exported from" in e.note and "int8" in e.note and str((pair / "torch").resolve()) in e.note
+    # the torch bundle is named, not the machine's path to it
+    assert "exported from (torch)" in e.note and "int8" in e.note and str(pair) not in e.note
     # Children are ordered by the answering model's probabilities, which int8 moves: match by name.
     names = [n.name for n in ref.nodes]
     assert sorted(n.name for n in e.nodes) == sorted(names)
@@ -373,7 +374,7 @@ def test_decision_file_alone_gives_the_library_nodes(setup):
     logits = rng.normal(size=(300, 3)) * rng.uniform(0.1, 6, size=(300, 1))
     probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     probs = np.vstack([probs, clf.calibration_probs_, np.full((1, 3), 1 / 3)])
-    assert set(table["lambda"]) == {"pac", "pac-group", "expected"}  # the source bundle has groups
+    assert set(table["lambda"]) == {"pac", "pac-seller", "pac-group", "expected"}  # the source bundle has groups
     for guarantee in table["lambda"]:
         for key in table["lambda"][guarantee]:
             target = float(key)
@@ -445,7 +446,9 @@ def test_shipped_onnx_bundles_meet_the_parity_goals(path):
     assert (top1 == ref).mean() >= 0.97  # agreement with torch
     assert (ref == src.test_labels).mean() - (top1 == b.test_labels).mean() <= 0.01  # flat top-1 drop
     clf = HedgedClassifier.from_bundle(path, threads=1)
-    preds = clf.predict_from_probs(b.test_probs, 0.95, "pac")
+    # the default guarantee (pac-seller since issue 24; photo-level pac is overstated for
+    # clustered photos and no longer promised)
+    preds = clf.predict_from_probs(b.test_probs, 0.95, "pac-seller")
     truth = [b.taxonomy.leaves[j] for j in b.test_labels]
     assert np.mean([t in p.node.leaves for t, p in zip(truth, preds)]) >= 0.95
     m = b.manifest["metrics"]["test"]

@@ -174,11 +174,20 @@ def test_default_limit_raises_our_error_not_pils_warning(tmp_path):
             load_image(path)
 
 
-def test_pils_own_bomb_error_becomes_ours(tmp_path):
+def test_pillows_bomb_check_is_replaced_by_ours(tmp_path, monkeypatch):
+    """Pillow refuses headers over 179 MP with its own text; the loader applies its limit itself,
+    so a user may raise it past Pillow's (issue 20), and Pillow's setting is left as it was."""
+    from hedged.models import preprocess
+
     path = tmp_path / "bomb.png"
-    Image.new("1", (15000, 15000)).save(path)  # 225 MP > 2 x PIL's MAX_IMAGE_PIXELS
-    with pytest.raises(ImageLoadError, match="too large|limit"):
+    Image.new("1", (15000, 15000)).save(path)  # 225 MP, over Pillow's own limit
+    before = Image.MAX_IMAGE_PIXELS
+    with pytest.raises(ImageLoadError, match="15000x15000 = 225,000,000 pixels, more than the limit of 200,000,000"):
+        load_image(path, max_pixels=200_000_000)
+    monkeypatch.setattr(preprocess, "MAX_HEADER_PIXELS", 100_000_000)
+    with pytest.raises(ImageLoadError, match="claims 15000x15000"):
         load_image(path, max_pixels=None)
+    assert Image.MAX_IMAGE_PIXELS == before
 
 
 def test_pixel_limit_applies_to_arrays_and_pil_images():

@@ -106,7 +106,9 @@ def test_health_ready_model_taxonomy(client, clf):
     info = client.get("/v1/model").json()
     assert info["taxonomy"] == {"root": "things", "n_leaves": 3, "n_nodes": 5}
     assert info["calibration"]["n"] == 300 and info["tta_angles"] == [0.0]
-    assert info["guarantees"] == ["pac", "pac-group", "expected"] and info["default_guarantee"] == "pac"
+    # "auto" resolves to pac for this bundle, which stores no calibration contributors
+    assert info["guarantees"] == ["auto", "pac", "pac-seller", "pac-group", "expected"]
+    assert info["default_guarantee"] == "pac"
     assert info["arch"] == "efficientnet_lite0" and info["input_size"] == 64
     tax = client.get("/v1/taxonomy").json()
     assert tax["leaves"] == list(clf.taxonomy.leaves)
@@ -159,7 +161,7 @@ def test_default_loader_runs_what_predict_py_runs(bundle):
         assert "model bundle not found" in c.get("/readyz").json()["detail"]
     with TestClient(create_app(Settings(model=str(bundle))), base_url=LOCAL) as c:
         ready(c)
-        assert c.get("/v1/model").json()["bundle"] == str(bundle)
+        assert c.get("/v1/model").json()["bundle"] == bundle.name  # a name, not the server path
 
 
 # ---------------------------------------------------------------- predict

@@ -18,6 +18,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("hedged.cli.train", "fine-tune a backbone on labelled photos and write a model bundle"),
     "export": ("hedged.cli.export", "export a bundle to ONNX (fp32 or int8) for torch-free and phone inference"),
     "serve": ("hedged.cli.serve", "HTTP API and web page: drop photos, slide the accuracy target"),
+    "label-text": ("hedged.cli.label_text", "the taxonomy node a listing title names (the taxonomy's keywords)"),
+    "data": ("hedged.cli.data", "check a photo data set: broken files, duplicates, leakage, label conflicts"),
 }
 
 EXAMPLES = """\

@@ -191,7 +191,8 @@ def _print_text(console, pred, clf, explanation=None) -> None:
             console.print(f"  leaf guess  the answer itself, {format_share(pred.leaf_probability)}")
         else:
             console.print(f"  leaf guess  {_leaf_line(pred)}")
-    console.print(f"  probability {format_share(pred.probability)}   info gain {pred.info_gain:.2f}")
+    if pred.kind != "not_sure":  # the root's probability is 1 by definition: it says nothing
+        console.print(f"  probability {format_share(pred.probability)}   info gain {pred.info_gain:.2f}")
     _print_notes(console, pred, explanation)
 
 

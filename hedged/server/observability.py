@@ -77,10 +77,16 @@ SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"no-referrer"),
-    (b"content-security-policy",
-     b"default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
-     b"connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"),
 ]
+#: The page and its files: nothing but this server's own scripts and styles. (/docs is
+#: Swagger UI, which starts from an inline script: it gets the headers above only.)
+PAGE_CSP = (b"content-security-policy",
+            b"default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+            b"connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+
+
+def _is_page(path: str) -> bool:
+    return path == "/" or path.startswith("/static/")
 
 
 class BodyTimeout(Exception):
@@ -123,7 +129,8 @@ class ServingMiddleware:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
                 status["started"] = True
-                message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
+                extra = SECURITY_HEADERS + ([PAGE_CSP] if _is_page(scope["path"]) else [])
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
 
         body = {"done": False}

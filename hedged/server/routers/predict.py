@@ -81,6 +81,7 @@ def _parse_form_value(name: str, text, kind):
 
 async def read_body(request: Request, settings, read_multipart, read_json, field: str):
     """The uploads and parameters of a request body, multipart or JSON; 415 for anything else."""
+    from starlette.exceptions import HTTPException as StarletteHTTPException
     from starlette.formparsers import MultiPartException
     from starlette.requests import ClientDisconnect
 
@@ -92,6 +93,11 @@ async def read_body(request: Request, settings, read_multipart, read_json, field
                 out = await read_multipart(request, settings)
             except MultiPartException as err:  # no boundary, a broken part: the client's mistake
                 raise HTTPException(400, f"malformed multipart body: {err.message}") from None
+            except StarletteHTTPException as err:
+                if err.status_code != 400:
+                    raise
+                # Starlette's own parser says "Missing boundary in multipart." and the like
+                raise HTTPException(400, f"malformed multipart body: {err.detail}") from None
         elif ctype == "application/json":
             out = await read_json(request, settings)
         else:
