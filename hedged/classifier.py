@@ -413,6 +413,7 @@ class HedgedClassifier:
         path_over_targets: bool = False,
         in_taxonomy=None,
         taxonomy_scores=None,
+        titles=None,
     ) -> list[Prediction]:
         """Hedged predictions from leaf posteriors (any classifier).
 
@@ -435,6 +436,14 @@ class HedgedClassifier:
         taxonomy_scores : array-like of float, shape (N,), optional
             The detector's scores, reported as ``Prediction.taxonomy_score``.
 
+        titles : sequence of str or None, optional
+            A listing title per row (``None`` for none). A title whose keywords name a
+            node (:meth:`Taxonomy.label_text`) restricts that row's posterior to the
+            node's leaves before hedging. The calibration knows no titles, so such an
+            answer says the guarantee does not cover it (``guaranteed=False`` and a
+            warning); a title the photo contradicts (under 1% of the posterior on its
+            node) is not used, and the answer says so.
+
         Returns
         -------
         list of Prediction
@@ -446,6 +455,9 @@ class HedgedClassifier:
         probs = np.asarray(probs, dtype=np.float64)
         if probs.ndim == 1:
             probs = probs[None, :]
+        title_notes: dict[int, tuple] = {}
+        if titles is not None:
+            probs, title_notes = self._apply_titles(probs, titles)
         # answers that went through the detector are calibrated with its rejections as misses
         rule = self.rule(guarantee, count_rejections=in_taxonomy is not None)
         if accuracy >= 1.0:
@@ -507,7 +519,43 @@ class HedgedClassifier:
                     taxonomy_score=sc,
                 )
             )
+        for r, (label, note, used) in title_notes.items():
+            out[r] = dataclasses.replace(
+                out[r], title=label, warnings=out[r].warnings + (note,),
+                guaranteed=out[r].guaranteed and not used,
+            )
         return out
+
+    def _apply_titles(self, probs: np.ndarray, titles) -> tuple[np.ndarray, dict]:
+        """Posteriors restricted to each title's node; per row (label, note, used)."""
+        titles = list(titles)
+        if len(titles) != probs.shape[0]:
+            raise ValueError(f"titles must have one entry per image ({probs.shape[0]}), got {len(titles)}")
+        tax = self.taxonomy
+        probs = probs.copy()
+        notes = {}
+        for r, title in enumerate(titles):
+            if title is None or not str(title).strip():
+                continue
+            label = tax.label_text(title)
+            if label.node is None:
+                notes[r] = (label, f"the title names no {tax.display_name(tax.root).lower()} class: not used", False)
+                continue
+            if label.node == tax.root:
+                notes[r] = (label, "the title's words disagree with each other: not used", False)
+                continue
+            mask = np.zeros(tax.n_leaves, dtype=bool)
+            mask[np.atleast_1d(tax.leaf_index(list(tax.leaves_under(label.node))))] = True
+            mass = float(probs[r, mask].sum())
+            name = tax.display_name(label.node)
+            if mass < 0.01:
+                notes[r] = (label, f"the title says {name}, which the photo contradicts "
+                                   f"({100 * mass:.1f}% of its posterior): not used", False)
+                continue
+            probs[r] = np.where(mask, probs[r], 0.0) / mass
+            notes[r] = (label, f"the title says {name}: the answer is restricted to it, and the accuracy guarantee "
+                               "(calibrated on photos without titles) does not cover it", True)
+        return probs, notes
 
     def _normalised_gain(self) -> np.ndarray:
         if self._gain is None:
@@ -656,6 +704,7 @@ class HedgedClassifier:
         progress: Callable[[int, int], None] | None = None,
         path_over_targets: bool = False,
         check_taxonomy: bool | None = None,
+        titles=None,
     ) -> list[Prediction]:
         """Hedged predictions for images.
 
@@ -683,6 +732,8 @@ class HedgedClassifier:
             bundled model has). An image judged outside gets ``node=None`` and
             ``in_taxonomy=False``; the accuracy guarantee is stated for images
             judged inside. ``False``: every image gets a node, ``in_taxonomy=None``.
+        titles : sequence of str or None, optional
+            A listing title per input: see :meth:`predict_from_probs`.
 
         Returns
         -------
@@ -694,6 +745,10 @@ class HedgedClassifier:
         self.rule(guarantee)  # calibration problems surface before the CNN runs
         check = self.check_taxonomy if check_taxonomy is None else bool(check_taxonomy)
         sources, ok_rows, probs, failures, ood, notes = self._infer(inputs, angles, errors, batch_size, progress, check)
+        if titles is not None:
+            titles = list(titles)
+            if len(titles) != len(sources):
+                raise ValueError(f"titles must have one entry per input ({len(sources)}), got {len(titles)}")
         done = self.predict_from_probs(
             probs,
             accuracy,
@@ -703,10 +758,11 @@ class HedgedClassifier:
             in_taxonomy=None if ood is None else ood[0],
             taxonomy_scores=None if ood is None else ood[1],
             path_over_targets=path_over_targets,
+            titles=None if titles is None else [titles[i] for i in ok_rows],
         )
         out: list[Prediction | None] = [None] * len(sources)
         for i, pred in zip(ok_rows, done):
-            out[i] = dataclasses.replace(pred, warnings=tuple(notes[i])) if i in notes else pred
+            out[i] = dataclasses.replace(pred, warnings=tuple(notes[i]) + pred.warnings) if i in notes else pred
         for i, msg in failures.items():
             out[i] = Prediction.failed(sources[i], msg, accuracy, guarantee)
         return out

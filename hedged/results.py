@@ -129,6 +129,7 @@ class Prediction:
     warnings: tuple[str, ...] = ()
     answer_path_probabilities: tuple[float, ...] | None = None
     root_display_name: str | None = None
+    title: object = None  # the TextLabel of a listing title given with the photo, if any
 
     @property
     def kind(self) -> str:
@@ -236,6 +237,9 @@ class Prediction:
         error record: ``image`` and ``error``); the schema is in docs/usage.md.
         """
         out = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in self.to_dict().items()}
+        if self.title is not None:
+            out["title"] = {"text": self.title.text, "node": self.title.node,
+                            "matched": [{"words": w, "node": v} for w, v in self.title.matches]}
         if self.answer_path is not None and self.answer_path_probabilities is not None:
             for step, (_, node), p in zip(out["answer_path"], self.answer_path, self.answer_path_probabilities):
                 step["probability"] = float(p)
@@ -271,5 +275,7 @@ RECORD_FIELDS = {
 #: Extra field of a record asked for with ``path_over_targets`` (each step: max_target, node,
 #: display_name, and with the probabilities probability and path).
 PATH_FIELD = "answer_path"
+#: Extra field of a record for a photo given with a listing title: {"text", "node", "matched"}.
+TITLE_FIELD = "title"
 #: The fields of a record for an input that could not be read.
 ERROR_FIELDS = ("image", "error")

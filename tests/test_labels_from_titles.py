@@ -93,3 +93,57 @@ def test_cli_text_json_and_errors(capsys, tmp_path):
     code = label_text_main(["--taxonomy", str(bare), "x"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: the taxonomy has no keywords") and err.count("\n") == 1
+
+
+# ---------------------------------------------------------------- a title with a photo
+
+
+def test_title_restricts_the_answer_and_says_the_guarantee_does_not_cover_it(capsys):
+    from hedged import HedgedClassifier
+    from hedged.cli.predict import main as predict_main
+
+    clf = HedgedClassifier.from_bundle()
+    jacket = REPO / "examples" / "jacket.jpg"
+    plain, titled, contradicted, unmatched = clf.predict([jacket] * 4, 0.95, titles=[
+        None, "Zara parka, size M", "Levi's 501 jeans", "vintage, barely worn"])
+    assert plain.title is None and plain.guaranteed
+    assert titled.node.name == "body.upper.outerwear.outwear" and not titled.guaranteed
+    assert "does not cover it" in titled.warnings[-1] and titled.to_record()["title"]["node"] == titled.node.name
+    # the photo has almost nothing on trousers: the title is not used, and said so
+    assert contradicted.node == plain.node and contradicted.guaranteed and "contradicts" in contradicted.warnings[-1]
+    assert unmatched.node == plain.node and unmatched.guaranteed and "names no clothing class" in unmatched.warnings[-1]
+    with pytest.raises(ValueError, match="one entry per input"):
+        clf.predict([jacket], 0.95, titles=["a", "b"])
+    code = predict_main([str(jacket), "--title", "Zara parka", "--json"])
+    rec = json.loads(capsys.readouterr().out)
+    assert code == 0 and rec["title"]["node"] == "body.upper.outerwear.outwear" and rec["guarantee_holds"] is False
+    code = predict_main([str(jacket), str(REPO / "examples" / "polo.jpg"), "--title", "x"])
+    assert code == 2 and "--title: give one per photo" in capsys.readouterr().err
+
+
+def test_titles_over_http():
+    pytest.importorskip("fastapi")
+    import base64
+
+    from fastapi.testclient import TestClient
+
+    from hedged import HedgedClassifier
+    from hedged.server import Settings, create_app
+
+    clf = HedgedClassifier.from_bundle()
+    jacket = (REPO / "examples" / "jacket.jpg").read_bytes()
+    with TestClient(create_app(Settings(), loader=lambda: clf), base_url="http://localhost") as c:
+        c.get("/readyz")
+        for _ in range(100):
+            if c.get("/readyz").status_code == 200:
+                break
+        r = c.post("/v1/predict", files=[("images", ("a.jpg", jacket)), ("images", ("b.jpg", jacket))],
+                   data={"titles": ["Zara parka", ""]})
+        a, b = r.json()["results"]
+        assert a["title"]["node"] == "body.upper.outerwear.outwear" and a["guarantee_holds"] is False
+        assert "title" not in b
+        r = c.post("/v1/predict", json={"images": [{"filename": "a.jpg", "data": base64.b64encode(jacket).decode(),
+                                                     "title": "Zara parka"}]})
+        assert r.json()["results"][0]["title"]["node"] == "body.upper.outerwear.outwear"
+        r = c.post("/v1/predict", files=[("images", ("a.jpg", jacket))], data={"titles": ["a", "b"]})
+        assert r.status_code == 422 and "send one per image" in r.json()["detail"]

@@ -58,6 +58,6 @@ def test_nan_becomes_null_and_root_probability_is_at_most_one():
 def test_server_schema_has_every_record_field():
     schemas = pytest.importorskip("hedged.server.schemas")
     fields = set(schemas.ImageResult.model_fields)
-    assert set(RECORD_FIELDS) | set(ERROR_FIELDS) | {"answer_path"} == fields
+    assert set(RECORD_FIELDS) | set(ERROR_FIELDS) | {"answer_path", "title"} == fields
     step = set(schemas.PathStep.model_fields)
     assert step == {"max_target", "node", "display_name", "probability", "path"}

@@ -107,6 +107,9 @@ def build_parser() -> Parser:
                    help="accept a --tta the model was not calibrated for (the accuracy guarantee then does not hold)")
     p.add_argument("--batch-size", type=positive_int, default=8, metavar="N",
                    help="images per forward pass, times the TTA views (default 8, the CPU sweet spot)")
+    p.add_argument("--title", action="append", default=None, metavar="TEXT",
+                   help="the photo's listing title (once per photo, in order): the title's keywords restrict the "
+                        "answer to the node they name, and the answer then says the guarantee does not cover it")
     p.add_argument("--max-pixels", type=pixel_count, default=None, metavar="N",
                    help="refuse images with more pixels than this (default 50000000); "
                         "large JPEGs are decoded at reduced size either way")
@@ -240,6 +243,12 @@ def _run(args) -> int:
     entries = expand_inputs(args.inputs, repeats=repeats)
     for path, times in repeats.items():
         print(f"note: {path} is among the inputs {times} times; answered once", file=sys.stderr)
+    if args.title is not None:
+        if len(args.title) != len(entries):
+            raise UsageError(f"--title: give one per photo ({len(entries)} photo(s), {len(args.title)} title(s))")
+        args.titles_by_path = {path: title for (path, _), title in zip(entries, args.title)}
+    else:
+        args.titles_by_path = None
     explainer = None if explain_dir is None else _Explainer(clf, explain_dir, args, accuracy, tta)
     writer = _Writer(args.json, clf, accuracy, args.guarantee, explainer)
     todo = [path for path, err in entries if err is None]
@@ -258,7 +267,7 @@ def _run(args) -> int:
         if bar is not None:
             bar.stop()
 
-    if not writer.guaranteed:
+    if not writer.guaranteed and tta is not None:
         print(
             f"warning: TTA {format_angles(tta)} differs from the calibrated TTA "
             f"{format_angles(clf.tta_angles)}; the accuracy guarantee does not hold",
@@ -355,9 +364,10 @@ def _stream(clf, entries, accuracy, args, tta, writer, progress) -> None:
             # answer is then the root): one "warning:" line, once, not a source excerpt.
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
+                titles = None if args.titles_by_path is None else [args.titles_by_path[p] for p in paths]
                 preds = iter(clf.predict(
                     paths, accuracy, errors="collect", tta=tta, allow_uncalibrated=args.allow_uncalibrated,
-                    batch_size=args.batch_size, check_taxonomy=args.check_taxonomy,
+                    batch_size=args.batch_size, check_taxonomy=args.check_taxonomy, titles=titles,
                 ))
             for message in dict.fromkeys(" ".join(str(w.message).split()) for w in caught):
                 if message not in said:
@@ -394,7 +404,7 @@ class _Writer:
             if not self.as_json:
                 print(f"error: {pred.source}: {pred.error}", file=sys.stderr)
                 return
-        elif not pred.guaranteed and self.guaranteed:
+        elif not pred.guaranteed and self.guaranteed and getattr(pred, "title", None) is None:
             self.guaranteed = False
             if self.console is not None:
                 self.console.print("[bold yellow]the guarantee does NOT hold: uncalibrated TTA[/bold yellow]")

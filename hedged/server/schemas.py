@@ -109,6 +109,8 @@ class ImageResult(BaseModel):
     guarantee_holds: bool | None = None
     leaf_at_target: float | None = None
     warnings: list[str] | None = None
+    title: dict | None = Field(None, description="with a listing title: its text, the node its keywords name, the "
+                                                 "matched words")
     answer_path: list[PathStep] | None = None
 
 
@@ -120,6 +122,8 @@ class PredictResponse(BaseModel):
 class Base64Image(BaseModel):
     filename: str = Field("image", max_length=255, description="name echoed as the result's image key")
     data: str = Field(description="the image file's bytes, base64 (standard alphabet)")
+    title: str | None = Field(None, max_length=1000, description="the photo's listing title: its keywords restrict "
+                              "the answer to the node they name (the answer then says the guarantee does not cover it)")
 
 
 class PredictJSON(BaseModel):

@@ -29,6 +29,7 @@ class Upload:
     name: str
     data: bytes
     error: str | None = None
+    title: str | None = None  # the photo's listing title, if the client sent one
 
 
 def _named_stream(upload: Upload) -> io.BytesIO:
@@ -61,6 +62,8 @@ def classify(clf, uploads: list[Upload], accuracy: float, guarantee: str, with_p
             continue
         streams.append(_named_stream(up))
         rows.append(i)
+    titles = [uploads[i].title for i in rows]
+    with_titles = any(t is not None for t in titles)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         # The facade call predict.py makes (taxonomy check included): it decodes the
@@ -71,7 +74,8 @@ def classify(clf, uploads: list[Upload], accuracy: float, guarantee: str, with_p
             if cancel is not None and cancel.is_set():
                 raise Cancelled
             part = slice(start, start + max(1, chunk))
-            preds = clf.predict(streams[part], accuracy, guarantee, errors="collect", path_over_targets=with_path)
+            preds = clf.predict(streams[part], accuracy, guarantee, errors="collect", path_over_targets=with_path,
+                                titles=titles[part] if with_titles else None)
             for i, pred in zip(rows[part], preds):
                 records[i] = record = pred.to_record()
                 record["image"] = uploads[i].name

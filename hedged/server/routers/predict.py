@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import binascii
 import threading
 import time
@@ -28,6 +29,8 @@ _MULTIPART_SCHEMA = {
     "required": ["images"],
     "properties": {
         "images": {"type": "array", "items": {"type": "string", "format": "binary"}, "description": "one or more image files"},
+        "titles": {"type": "array", "items": {"type": "string"},
+                   "description": "optional: each image's listing title, in order (one per image)"},
         "accuracy": {"type": "number", "description": "target accuracy in (0, 1]; default 0.95"},
         "guarantee": {"type": "string", "enum": list(GUARANTEES)},
         "path_over_targets": {"type": "boolean"},
@@ -215,6 +218,12 @@ async def _read_multipart(request: Request, settings):
     for key, kind in (("accuracy", float), ("guarantee", str), ("path_over_targets", bool)):
         if key in form:
             params[key] = _parse_form_value(key, form[key], kind)
+    titles = form.getlist("titles")
+    if titles:
+        if len(titles) != len(uploads):
+            raise HTTPException(422, f"titles: send one per image ({len(uploads)} image(s), {len(titles)} title(s))")
+        uploads = [dataclasses.replace(u, title=str(_parse_form_value("titles", t, str)) or None)
+                   for u, t in zip(uploads, titles)]
     return uploads, params
 
 
@@ -232,9 +241,10 @@ async def _read_json(request: Request, settings):
         except (binascii.Error, ValueError):
             raise HTTPException(422, f"images.{i}.data: not valid base64") from None
         if len(data) > settings.max_image_bytes:
-            uploads.append(Upload(img.filename, b"", _too_big(len_=len(data), limit=settings.max_image_bytes)))
+            uploads.append(Upload(img.filename, b"", _too_big(len_=len(data), limit=settings.max_image_bytes),
+                                  title=img.title))
             continue
-        uploads.append(Upload(img.filename, data))
+        uploads.append(Upload(img.filename, data, title=img.title))
     params = body.model_dump(include={"accuracy", "guarantee", "path_over_targets"}, exclude_none=True)
     return uploads, params
 
