@@ -53,6 +53,8 @@ function answerAt(record, a) {
 function render(card) {
   const {el, record} = card;
   if (!record || record.error) return;
+  // the record's warnings (a title that narrowed the answer, a tiny image): as the CLI prints them
+  el.querySelector(".notes").textContent = (record.warnings || []).join(" ");
   const answer = el.querySelector(".answer");
   const ol = el.querySelector(".crumbs ol");
   const leafNote = el.querySelector(".leaf-note");
@@ -199,7 +201,8 @@ function addCard(file) {
   thumb.addEventListener("click", () => el.classList.toggle("enlarged"));
   thumb.title = "Click to enlarge";
   list.append(el);
-  const card = {el, record: null, file, why: {}, whyShown: null};
+  const title = document.getElementById("title").value.trim();
+  const card = {el, record: null, file, why: {}, whyShown: null, title};
   el.querySelector(".why-toggle").addEventListener("click", () => toggleWhy(card));
   cards.push(card);
   return card;
@@ -208,6 +211,7 @@ function addCard(file) {
 async function classify(card) {
   const form = new FormData();
   form.append("images", card.file, card.file.name);
+  if (card.title) form.append("titles", card.title);
   const url = "/v1/predict?path_over_targets=true&accuracy=" + target();
   let body = null;
   try {
