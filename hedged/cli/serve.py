@@ -16,7 +16,8 @@ bundle predict.py would run (--model, else the default bundle).
 EPILOG = """\
 environment: HEDGED_MODEL, HEDGED_HOST, HEDGED_PORT, HEDGED_MAX_IMAGE_BYTES,
 HEDGED_MAX_IMAGES, HEDGED_MAX_REQUEST_BYTES, HEDGED_QUEUE_SIZE, HEDGED_TIMEOUT,
-HEDGED_BATCH_SIZE, HEDGED_LOG_LEVEL (flags win over them).
+HEDGED_BATCH_SIZE, HEDGED_LOG_LEVEL, HEDGED_MAX_REQUEST_PIXELS, HEDGED_READ_TIMEOUT,
+HEDGED_ALLOWED_HOSTS (flags win over them).
 
 endpoints: GET / (the page), /docs (API docs), /healthz, /readyz, /v1/model,
 /v1/taxonomy, /metrics; POST /v1/predict, /v1/explain. See docs/serving.md.
@@ -63,6 +64,13 @@ def build_parser() -> Parser:
     p.add_argument("--timeout", type=float, default=None, metavar="S", help="per request deadline, then 504 (default 30)")
     p.add_argument("--batch-size", type=positive_int, default=None, metavar="N", help="images per forward pass (default 8)")
     p.add_argument("--log-level", default=None, choices=("debug", "info", "warning", "error"))
+    p.add_argument("--max-request-pixels", type=positive_int, default=None, metavar="N",
+                   help="decoded pixels one request may hold, read from the image headers (default 400 million)")
+    p.add_argument("--read-timeout", type=float, default=None, metavar="S",
+                   help="seconds a client may take to send its headers, and its body (default 20)")
+    p.add_argument("--allowed-hosts", default=None, metavar="NAMES",
+                   help="comma-separated Host names to answer ('*': any; default: the bound address and "
+                        "localhost when bound to loopback, any when bound to all interfaces)")
     return p
 
 
@@ -82,6 +90,8 @@ def _run(args) -> int:
             model=args.model, host=args.host, port=args.port, max_image_bytes=args.max_image_bytes,
             max_images=args.max_images, max_request_bytes=args.max_request_bytes, queue_size=args.queue_size,
             timeout=args.timeout, batch_size=args.batch_size, log_level=args.log_level,
+            max_request_pixels=args.max_request_pixels, read_timeout=args.read_timeout,
+            allowed_hosts=args.allowed_hosts,
         )
     except ValueError as err:
         raise UsageError(str(err)) from None

@@ -72,7 +72,7 @@ class Settings:
     batch_size: int = 8
     log_level: str = "info"
     max_request_pixels: int = 400_000_000
-    read_timeout: float = 30.0
+    read_timeout: float = 20.0
     allowed_hosts: str | None = None
 
     def __post_init__(self):
