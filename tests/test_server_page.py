@@ -138,11 +138,14 @@ def test_pick_with_the_keyboard_and_docs_offline(server, browser):
     requested = []
     page.on("request", lambda req: requested.append(req.url))
     page.goto(server + "/")
-    # Tab from the slider reaches the labelled file picker. Whether Enter then opens the
-    # native chooser is the browser's business, and headless chromium does not reliably
-    # emit the chooser event for keyboard activation, so the picked file is handed to the
-    # focused input directly.
+    # Tab from the slider reaches the labelled title field, then the labelled file picker.
+    # Whether Enter then opens the native chooser is the browser's business, and headless
+    # chromium does not reliably emit the chooser event for keyboard activation, so the
+    # picked file is handed to the focused input directly.
     page.get_by_label("Accuracy target").focus()
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "title"
+    assert page.evaluate("document.activeElement.labels.length") >= 1
     page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.id") == "files"
     assert page.evaluate("document.activeElement.labels.length") >= 1
