@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export": ("hedged.cli.export", "export a bundle to ONNX (fp32 or int8) for torch-free and phone inference"),
     "serve": ("hedged.cli.serve", "HTTP API and web page: drop photos, slide the accuracy target"),
     "label-text": ("hedged.cli.label_text", "the taxonomy node a listing title names (the taxonomy's keywords)"),
+    "batch": ("hedged.cli.batch", "answer many photos into a resumable Parquet dataset (locally or on Ray Data)"),
     "data": ("hedged.cli.data", "check a photo data set: broken files, duplicates, leakage, label conflicts"),
 }
 
@@ -26,6 +27,7 @@ EXAMPLES = """\
 examples:
   hedged predict examples/polo.jpg                 text answer for one photo
   hedged predict --json photos/ > answers.jsonl    JSON Lines, one object per photo
+  hedged batch photos/ --out answers/             Parquet rows, resumable; --engine ray
   hedged evaluate --out report/                    report on the bundle's test split
   hedged train --data ../shared/data/clothing --out bundles/mine
   hedged serve --port 8000                         API + page at http://127.0.0.1:8000/
