@@ -91,6 +91,11 @@ class TrainConfig:
     trivial_augment: bool = True
     ema_halflife: float = 1.0  # epochs; 0 = no EMA
     hierarchy_beta: float | None = None  # soft targets ~ exp(-beta * LCA height); None: one-hot
+    drop_path: float | None = None  # stochastic depth of the last block; None: the architecture's (0.2)
+    # BatchNorm while training: "batch" (each process's batch statistics), "frozen" (the ImageNet
+    # running statistics, not updated: batch-independent, so N processes equal one), "sync"
+    # (SyncBatchNorm over the processes; CUDA only), "auto" (sync on CUDA under torchrun, else batch)
+    batch_norm: str = "auto"
     checkpoint_dir: str | None = None
     resume: str | None = None
     log_file: str | None = None

@@ -397,6 +397,44 @@ def check_resumable(saved: dict, current: dict) -> None:
 # the loop
 
 
+def distributed_rank_world() -> tuple[int, int]:
+    """``(rank, world size)`` of this process under torchrun; ``(0, 1)`` otherwise."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def batch_norm_mode(cfg, device: torch.device, world: int) -> str:
+    """The BatchNorm mode a run uses (``cfg.batch_norm`` with ``"auto"`` resolved)."""
+    mode = getattr(cfg, "batch_norm", "auto")
+    if mode not in ("auto", "batch", "frozen", "sync"):
+        raise ValueError(f"--batch-norm must be auto, batch, frozen or sync, got {mode!r}")
+    if mode == "auto":
+        return "sync" if device.type == "cuda" and world > 1 else "batch"
+    if mode == "sync" and device.type != "cuda":
+        raise ValueError("--batch-norm sync needs CUDA (torch's SyncBatchNorm runs on GPUs only); "
+                         "on CPUs use batch or frozen")
+    if mode == "sync" and world == 1:
+        return "batch"  # one process: SyncBatchNorm is BatchNorm
+    return mode
+
+
+def revert_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """Turn the SyncBatchNorm layers of ``module`` back into BatchNorm2d (in place), weights kept."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.SyncBatchNorm):
+            bn = nn.BatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
+                                child.track_running_stats).to(child.weight.device if child.affine else "cpu")
+            bn.load_state_dict(child.state_dict())
+            bn.train(child.training)
+            setattr(module, name, bn)
+        else:
+            revert_sync_batchnorm(child)
+    return module
+
+
 def fit_full(cfg, model: nn.Module, train_paths, y_train, train_groups, val_paths, y_val, targets: np.ndarray,
              preprocess: Preprocess, log, config_dict: dict) -> tuple[list, dict, np.ndarray | None]:
     """Fine-tune ``model`` in place; leave it holding the best weights by validation.
@@ -427,6 +465,10 @@ def fit_full(cfg, model: nn.Module, train_paths, y_train, train_groups, val_path
     from hedged.models.training import sample_weights
 
     device = next(model.parameters()).device
+    rank, world = distributed_rank_world()
+    bn_mode = batch_norm_mode(cfg, device, world)
+    if bn_mode == "sync":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(memory_format=torch.channels_last)
     n_classes = targets.shape[0]
     y_train = np.asarray(y_train)
@@ -435,7 +477,12 @@ def fit_full(cfg, model: nn.Module, train_paths, y_train, train_groups, val_path
     q = torch.from_numpy(targets)
     y_t = torch.from_numpy(y_train)
     bs = min(cfg.batch_size, len(y_train))
-    steps_per_epoch = len(y_train) // bs  # drop_last: every batch has bs photos (BatchNorm, MixUp pairing)
+    if bs % world:
+        raise ValueError(f"--batch-size {bs} (the global batch) must be a multiple of the {world} processes")
+    local_bs = bs // world
+    # drop_last: every batch has bs photos (BatchNorm, MixUp pairing); with N processes each takes
+    # bs/N photos of the same global batch a single process would take (DistributedSampler)
+    steps_per_epoch = len(y_train) // bs
     total = cfg.epochs * steps_per_epoch
     warmup = min(total, round(cfg.warmup_epochs * steps_per_epoch))
     opt = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.layer_decay, cfg.weight_decay))
@@ -446,15 +493,18 @@ def fit_full(cfg, model: nn.Module, train_paths, y_train, train_groups, val_path
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
     mixers = []
     if cfg.mixup > 0:
-        mixers.append(v2.MixUp(alpha=cfg.mixup, num_classes=bs))
+        mixers.append(v2.MixUp(alpha=cfg.mixup, num_classes=local_bs))
     if cfg.cutmix > 0:
-        mixers.append(v2.CutMix(alpha=cfg.cutmix, num_classes=bs))
+        mixers.append(v2.CutMix(alpha=cfg.cutmix, num_classes=local_bs))
     # labels are the photos' positions in the batch: the mixed "one-hot" rows are the
-    # mixing matrix M, so targets (M @ q[y]) and sample weights (M @ w) mix exactly
+    # mixing matrix M, so targets (M @ q[y]) and sample weights (M @ w) mix exactly.
+    # Under torchrun each process mixes the photos of its own part of the global batch.
     mixer = v2.RandomChoice(mixers) if mixers else None
-    eye = torch.arange(bs)
+    eye = torch.arange(local_bs)
 
-    ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
+    # rank 0 alone scores validation, logs and writes checkpoints; the others follow its decisions
+    lead = rank == 0
+    ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir and lead else None
     if ckpt_dir is not None:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
     history: list[dict] = []
@@ -472,15 +522,25 @@ def fit_full(cfg, model: nn.Module, train_paths, y_train, train_groups, val_path
         _set_rng_state(ckpt["rng"])
         history, best, start = list(ckpt["history"]), dict(ckpt["best"]), int(ckpt["epoch"])
         best_path = Path(cfg.resume).parent / BEST if not Path(cfg.resume).is_dir() else Path(cfg.resume) / BEST
-        if best["which"] is not None:
+        if best["which"] is not None and lead:
             if not best_path.is_file():
                 raise ValueError(f"--resume: the best weights {best_path} are missing")
             best_state = torch.load(best_path, map_location="cpu", weights_only=True)
         log(f"resumed from {cfg.resume}: {start} of {cfg.epochs} epochs done, best so far epoch {best['epoch']} "
             f"({best['which']}, val NLL {best['score']:.4f})")
 
-    val_pixels = decode_all(val_paths, preprocess, workers=cfg.workers)
+    val_pixels = decode_all(val_paths, preprocess, workers=cfg.workers) if lead else None
     ds = AugmentedPhotos(train_paths, preprocess, cfg.seed, cfg.max_rotation, cfg.erasing, cfg.trivial_augment)
+    # One sampler for one process and for N: a permutation seeded by (seed, epoch), of which
+    # process r takes every N-th photo from r; batch k of every process together is then
+    # batch k of the single process with the same global batch.
+    sampler = torch.utils.data.DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
+                                                  drop_last=True)
+    net = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     for epoch in range(start, cfg.epochs):
         if best["epoch"] and epoch - best["epoch"] >= cfg.patience:
             log(f"early stop: no validation improvement for {cfg.patience} epochs")
@@ -488,11 +548,16 @@ def fit_full(cfg, model: nn.Module, train_paths, y_train, train_groups, val_path
         t0 = time.perf_counter()
         ds.epoch = epoch
         ds.size = size_for_epoch(epoch, cfg.epochs, preprocess.input_size, cfg.train_size, cfg.final_epochs)
-        torch.manual_seed(_item_seed(cfg.seed, epoch, 0, stream=1))  # dropout, drop-path, MixUp/CutMix draws
-        order = torch.from_numpy(np.random.default_rng([cfg.seed, epoch]).permutation(len(ds)))
-        loader = DataLoader(ds, batch_size=bs, sampler=order.tolist(), drop_last=True, num_workers=cfg.workers,
+        # dropout, drop-path, MixUp/CutMix draws: per epoch and process
+        torch.manual_seed(_item_seed(cfg.seed, epoch, rank, stream=1))
+        sampler.set_epoch(epoch)
+        loader = DataLoader(ds, batch_size=local_bs, sampler=sampler, drop_last=True, num_workers=cfg.workers,
                             prefetch_factor=2 if cfg.workers else None)
-        model.train()
+        net.train()
+        if bn_mode == "frozen":
+            for module in model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         run_loss, seen = 0.0, 0
         for step, (x, idx) in enumerate(loader):
             tgt, w = q[y_t[idx]], sw[idx]
@@ -500,15 +565,27 @@ def fit_full(cfg, model: nn.Module, train_paths, y_train, train_groups, val_path
                 x, m = mixer(x, eye)
                 tgt, w = m @ tgt, m @ w
             x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            loss = soft_cross_entropy(model(x), tgt.to(device), w.to(device))
+            tgt, w = tgt.to(device), w.to(device)
+            if world == 1:
+                loss = soft_cross_entropy(net(x), tgt, w)
+            else:
+                # the global batch's weighted mean: each process's share of sum(w * loss) over the
+                # global sum(w), times N because DistributedDataParallel averages the gradients
+                total_w = w.sum().detach().clone()
+                torch.distributed.all_reduce(total_w)
+                loss = soft_cross_entropy(net(x), tgt, w) * (w.sum() / total_w) * world
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             if ema is not None:
                 ema.update_parameters(model)
-            run_loss += float(loss.detach()) * len(idx)
-            seen += len(idx)
+            if world > 1:
+                loss = loss.detach().clone()
+                torch.distributed.all_reduce(loss)
+                loss = loss / world
+            run_loss += float(loss.detach()) * len(idx) * world
+            seen += len(idx) * world
             if cfg.log_every and (step + 1) % cfg.log_every == 0:
                 el = time.perf_counter() - t0
                 log(f"epoch {epoch + 1}/{cfg.epochs} step {step + 1}/{steps_per_epoch} size {ds.size} "
@@ -518,8 +595,13 @@ def fit_full(cfg, model: nn.Module, train_paths, y_train, train_groups, val_path
         row = {"epoch": epoch + 1, "size": ds.size, "train_loss": run_loss / max(seen, 1),
                "train_img_per_s": seen / t_train}
         candidates = {"model": model} | ({"ema": ema.module} if ema is not None else {})
-        for which, net in candidates.items():
-            lg = logits_of(net, val_pixels, preprocess)
+        if not lead:  # rank 0's decision: the best epoch so far (early stopping)
+            got = [None]
+            torch.distributed.broadcast_object_list(got, src=0)
+            best = got[0]
+            continue
+        for which, scored in candidates.items():
+            lg = logits_of(scored, val_pixels, preprocess)
             p1 = average_view_probs(lg[:, None])
             t = fit_temperature(lg[:, None], y_val)
             pt = average_view_probs(lg[:, None], t)
@@ -529,7 +611,7 @@ def fit_full(cfg, model: nn.Module, train_paths, y_train, train_groups, val_path
             # bundle's calibrated posteriors will have (label smoothing biases raw NLL)
             if row[f"{which}_val_nll_ts"] < best["score"]:
                 best = {"epoch": epoch + 1, "which": which, "score": row[f"{which}_val_nll_ts"]}
-                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in net.state_dict().items()})
+                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in scored.state_dict().items()})
                 best_logits = lg
                 if ckpt_dir is not None:
                     _atomic_save(best_state, ckpt_dir / BEST)
@@ -543,6 +625,10 @@ def fit_full(cfg, model: nn.Module, train_paths, y_train, train_groups, val_path
         if ckpt_dir is not None:
             save_checkpoint(ckpt_dir / LAST, epoch=epoch + 1, config=config_dict, model=model, ema=ema,
                             optimizer=opt, scheduler=sched, history=history, best=best)
+        if world > 1:
+            torch.distributed.broadcast_object_list([best], src=0)
+    if bn_mode == "sync":
+        revert_sync_batchnorm(model)
     if best_state is not None:
         model.load_state_dict(best_state)
         log(f"selected epoch {best['epoch']} ({best['which']}) by validation NLL {best['score']:.4f}")

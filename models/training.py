@@ -18,6 +18,7 @@ on the finished fp16-rounded model, i.e. exactly as ``predict.py`` computes it.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import math
@@ -483,6 +484,9 @@ def _train_full(cfg, model, preprocess, data, split, ys, taxonomy, log):
         _init_from_bundle(model, cfg.init_bundle, cfg.arch, taxonomy, log, held_out)
     if cfg.dropout is not None:
         model._dropout.p = cfg.dropout
+    if cfg.drop_path is not None:
+        for i, block in enumerate(model._blocks):
+            block.drop_prob = cfg.drop_path * i / len(model._blocks)
     targets = soft_target_matrix(taxonomy, label_smoothing=cfg.label_smoothing, hierarchy_beta=cfg.hierarchy_beta)
     tr, va = split["train"], split["validation"]
     t_fit = time.perf_counter()
@@ -554,14 +558,56 @@ def train(cfg: TrainConfig) -> dict:
     """Fine-tune, calibrate and write a model bundle; returns a summary dict.
 
     See :class:`TrainConfig` for the options and the module docstring for the method.
+    Under ``torchrun`` (the full fine-tune only) every process trains its part of each
+    global batch (DistributedDataParallel); rank 0 logs, checkpoints, scores and writes
+    the bundle, and the other processes return ``{"rank", "world_size", "best_epoch"}``.
     """
-    from hedged.models.bundle import hash_groups, library_versions, save_bundle
-    from hedged.taxonomy import Taxonomy
-
     t0 = time.perf_counter()
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
+    rank, world, started = start_distributed(cfg)
+    if world > 1:
+        if not cfg.full_finetune or cfg.members:
+            raise ValueError("under torchrun only the full fine-tune runs (add --full-finetune); the cached "
+                             "recipe trains a small tail in one process")
+        if str(cfg.device).startswith("cuda"):
+            cfg = dataclasses.replace(cfg, device=f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}")
+        if rank != 0:  # rank 0 logs, checkpoints and writes the bundle
+            cfg = dataclasses.replace(cfg, log=lambda message: None, log_file=None, progress=False)
+    try:
+        result = _train(cfg, t0, rank, world)
+    finally:
+        if started:
+            torch.distributed.destroy_process_group()
+    return result
+
+
+def start_distributed(cfg) -> tuple[int, int, bool]:
+    """Join the torchrun process group when there is one (``WORLD_SIZE`` > 1).
+
+    gloo on CPUs, nccl on CUDA. Returns ``(rank, world size, started here)``.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return 0, 1, False
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        raise ValueError("this torch build has no torch.distributed: run one process")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), False
+    cuda = str(cfg.device).startswith("cuda")
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return dist.get_rank(), dist.get_world_size(), True
+
+
+def _train(cfg: TrainConfig, t0: float, rank: int, world: int) -> dict:
+    from hedged.models.bundle import hash_groups, library_versions, save_bundle
+    from hedged.taxonomy import Taxonomy
+
     log = cfg.log
     if cfg.log_file:
         log = cfg.log = _FileLog(cfg.log_file, cfg.log)
@@ -627,6 +673,8 @@ def train(cfg: TrainConfig) -> dict:
     elif cfg.full_finetune:
         history, best_epoch, fp16_check, t_cache, t_fit = _train_full(cfg, model, preprocess, data, split, ys,
                                                                       taxonomy, log)
+        if rank != 0:  # the weights are rank 0's too; it scores, calibrates and writes the bundle
+            return {"rank": rank, "world_size": world, "best_epoch": best_epoch}
     else:
         history, best_epoch, fp16_check, t_cache, t_fit = _train_cached(cfg, model, front, shape, cut, preprocess,
                                                                         data, split, ids, ys, taxonomy, log)

@@ -174,6 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
     p.add_argument("--class-weight-power", type=float, default=d.class_weight_power, help="class weight ~ count^-power (default: %(default)s)")
     p.add_argument("--mixup", type=float, default=d.mixup, help="Beta(a, a) mixing of cached feature maps; 0 = off (default: %(default)s)")
+    p.add_argument("--drop-path", type=float, default=d.drop_path, metavar="P",
+                   help="full fine-tune: stochastic depth of the last block, the others in proportion (default: the arch's 0.2)")
+    p.add_argument("--batch-norm", choices=("auto", "batch", "frozen", "sync"), default=d.batch_norm,
+                   help="full fine-tune: BatchNorm statistics while training: batch (each process's batch), frozen "
+                        "(ImageNet's, not updated), sync (SyncBatchNorm across torchrun processes, CUDA only); auto "
+                        "(default): sync on CUDA under torchrun, else batch")
     p.add_argument("--dropout", type=float, default=d.dropout, help="dropout before the classifier (default: the arch's)")
     p.add_argument("--patience", type=positive_int, default=d.patience, help="early-stopping patience in epochs (default: %(default)s)")
     p.add_argument("--threads", type=positive_int, default=d.threads, help="torch threads (default: %(default)s)")
@@ -275,6 +281,8 @@ def _run(args) -> int:
     except (DatasetError, TaxonomyError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if "metrics" not in result:  # a torchrun process other than rank 0: rank 0 reports and writes the bundle
+        return 0
     val = next(r for r in result["metrics"]["tta_candidates_validation"] if tuple(r["angles"]) == tuple(result["angles"]))
     # validation first: it is what choices between runs may look at; test is for the report
     print(f"validation: top-1 {val['val_accuracy']:.4f}  NLL {val['val_nll']:.4f}  ECE {val['val_ece']:.4f}")
