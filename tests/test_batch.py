@@ -278,3 +278,17 @@ def test_ray_resumes_a_partial_output(local_ray, photos, expected, tmp_path):
     assert (summary.skipped, summary.answered + summary.failed) == (15, 24)
     assert all((out / n).read_bytes() == b for n, b in before.items())
     _assert_rows_equal_predict(_rows(out), expected)
+
+
+def test_a_loaded_classifier_answers_the_batch(tmp_path):
+    from hedged import HedgedClassifier
+
+    clf = HedgedClassifier.from_bundle()
+    photos = [REPO / "examples" / "polo.jpg", REPO / "examples" / "hat.jpg"]
+    summary = predict_batch(photos, tmp_path / "out", accuracy=0.9, classifier=clf)
+    assert (summary.answered, summary.failed) == (2, 0)
+    rows = {r["image"]: r for r in read_output(tmp_path / "out").to_pylist()}
+    for pred in clf.predict(photos, 0.9):
+        row = rows[pred.source]
+        assert row["node"] == pred.node.name and row["accuracy_target"] == 0.9
+        assert row["probability"] == pytest.approx(pred.probability, abs=1e-12)

@@ -80,7 +80,7 @@ def single(dataset, tmp_path_factory):
 @pytest.fixture(scope="module")
 def double(dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("double") / "bundle"
-    _run([*_torchrun(2), *_argv(dataset, out)[1:]])
+    _run([*_torchrun(2), *_argv(dataset, out)])
     return out
 
 
@@ -124,7 +124,7 @@ def test_the_bundles_agree(single, double):
 def test_a_resumed_two_process_run_equals_the_uninterrupted_one(dataset, double, tmp_path):
     out = tmp_path / "bundle"
     ckpt = tmp_path / "bundle.checkpoints"
-    argv = _argv(dataset, out)[1:]
+    argv = _argv(dataset, out)
     proc = subprocess.Popen([*_torchrun(2), *argv], env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 300
@@ -148,7 +148,7 @@ def test_a_resumed_two_process_run_equals_the_uninterrupted_one(dataset, double,
 def test_cpu_sync_batchnorm_and_an_odd_split_are_one_line_errors(dataset, tmp_path):
     for extra, message in ((["--batch-norm", "sync"], "--batch-norm sync needs CUDA"),
                            (["--batch-size", "7"], "must be a multiple of the 2 processes")):
-        run = subprocess.run([*_torchrun(2), *_argv(dataset, tmp_path / "x", *extra)[1:]], capture_output=True,
+        run = subprocess.run([*_torchrun(2), *_argv(dataset, tmp_path / "x", *extra)], capture_output=True,
                              text=True, timeout=600, env=_env(), check=False)
         assert run.returncode != 0
         errors = [ln for ln in run.stderr.splitlines() if ln.startswith("error:")]

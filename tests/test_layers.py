@@ -20,8 +20,9 @@ LAYERS = {"taxonomy": 0, "hedging": 1, "models": 2, "library": 3, "surface": 4}
 #: Surfaces: the ways in for people and programs. None may import another...
 SURFACES = ("hedged.cli", "hedged.server", "hedged.batch")
 #: ...except that the command line launches the others through their entry points
-#: (``hedged serve`` starts the server); nothing imports the command line.
-LAUNCHES = {("hedged.cli.serve", "hedged.server.runner"), ("hedged.cli.serve", "hedged.server.settings")}
+#: (``hedged serve`` starts the server, ``hedged batch`` the batch runner); nothing imports the command line.
+LAUNCHES = {("hedged.cli.serve", "hedged.server.runner"), ("hedged.cli.serve", "hedged.server.settings"),
+            ("hedged.cli.batch", "hedged.batch")}
 
 
 def module_name(path: Path) -> str:
