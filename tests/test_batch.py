@@ -292,3 +292,25 @@ def test_a_loaded_classifier_answers_the_batch(tmp_path):
         row = rows[pred.source]
         assert row["node"] == pred.node.name and row["accuracy_target"] == 0.9
         assert row["probability"] == pytest.approx(pred.probability, abs=1e-12)
+
+
+def test_ray_run_killed_then_resumed(local_ray, photos, expected, tmp_path):
+    """A `hedged batch --engine ray` process on the shared local Ray, killed part-way, then rerun."""
+    out = tmp_path / "out"
+    cmd = [*HEDGED, "batch", str(photos), "--out", str(out), "--engine", "ray", "--address", "auto",
+           "--actors", "1", "--batch-size", "2", "--shard-size", "2"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(shard_files(out)) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    before = {f.name: f.read_bytes() for f in shard_files(out)}
+    written = sum(pq.read_metadata(out / name).num_rows for name in before)
+    assert before and written < 39, "the run was not killed part-way"
+
+    resumed = subprocess.run(check=False, args=cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert resumed.returncode in (0, 1), resumed.stderr  # 1 when a bad file's error row is written in the rerun
+    assert f"{written} skipped as done (of 39)" in resumed.stderr
+    assert all((out / n).read_bytes() == b for n, b in before.items())
+    _assert_rows_equal_predict(_rows(out), expected)
