@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import cpu_model  # noqa: E402
+from _machine import cpu_model
 
 CONFIGS = {"local 1x2": ("local", 1, 2), "local 1x1": ("local", 1, 1), "ray 1x2": ("ray", 1, 2),
            "ray 2x1": ("ray", 2, 1)}
@@ -164,7 +164,7 @@ def main() -> None:
     for r in rows:
         mem = r["peak_rss_mib_per_actor"] or r["peak_rss_mib_process"]
         print(f"{r['config']:<11} {r['end_to_end_photos_per_s']:>11} {r['steady_photos_per_s'] or '-':>8} "
-              f"{r.get('end_to_end_vs_local_1x2', '-'):>9} {str(mem):>22}")
+              f"{r.get('end_to_end_vs_local_1x2', '-'):>9} {mem!s:>22}")
     if resume:
         print(f"resume over the finished output: {resume['seconds']} s ({resume['stderr']})")
     if args.out:

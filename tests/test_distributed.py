@@ -20,7 +20,6 @@ import time
 
 import pytest
 import torch
-
 from _colours import make_colour_dataset
 from hedged.models.finetune import BEST, LAST, load_checkpoint
 

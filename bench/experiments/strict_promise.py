@@ -7,11 +7,16 @@ all test photos (rejections as misses), the average contributor's, information g
 
     python bench/experiments/strict_promise.py     # writes bench/results/strict_promise.json
 """
-import json, warnings, numpy as np
+import json
+import warnings
 from pathlib import Path
-from hedged import HedgedClassifier
+
+import numpy as np
 from hedged.hedging.groups import capped_accuracy
 from hedged.models.data import load_dataset
+
+from hedged import HedgedClassifier
+
 out = {}
 base = HedgedClassifier.from_bundle()
 tax = base.taxonomy
