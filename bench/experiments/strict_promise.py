@@ -39,4 +39,4 @@ with warnings.catch_warnings():
                  "mean_info_gain": round(float(np.mean(np.where(right, gain, 0.0))), 4), "root_share": round(float(root.mean()), 4)}
             out[f"{rej}/{g}"] = r
             print(rej, g, r, flush=True)
-Path(__file__).resolve().parents[1] / "results" / "strict_promise.json".write_text(json.dumps(out, indent=1) + "\n")
+(Path(__file__).resolve().parents[1] / "results" / "strict_promise.json").write_text(json.dumps(out, indent=1) + "\n")
