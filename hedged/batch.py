@@ -334,7 +334,10 @@ class Answerer:
 
     def __init__(self, bundle=None, *, accuracy: float = 0.95, guarantee: str | None = None,
                  check_taxonomy: bool | None = None, threads: int | None = None, batch_size: int = 16,
-                 max_pixels: int | None = None, classifier=None):
+                 max_pixels: int | None = None, classifier=None, cwd: str | None = None):
+        if cwd is not None and os.path.isdir(cwd):
+            # a Ray actor: relative paths mean the driver's folder, as they do for the local engine
+            os.chdir(cwd)
         if classifier is None:
             from hedged.classifier import HedgedClassifier
 
@@ -561,7 +564,7 @@ def _ray_tables(todo: list[dict], *, bundle, accuracy, guarantee, check_taxonomy
         Answerer,
         fn_constructor_kwargs={"bundle": bundle, "accuracy": accuracy, "guarantee": guarantee,
                                "check_taxonomy": check_taxonomy, "threads": threads, "batch_size": batch_size,
-                               "max_pixels": max_pixels},
+                               "max_pixels": max_pixels, "cwd": os.getcwd()},
         batch_size=batch_size,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=actors),

@@ -314,3 +314,16 @@ def test_ray_run_killed_then_resumed(local_ray, photos, expected, tmp_path):
     assert f"{written} skipped as done (of 39)" in resumed.stderr
     assert all((out / n).read_bytes() == b for n, b in before.items())
     _assert_rows_equal_predict(_rows(out), expected)
+
+
+def test_ray_reads_relative_paths_from_the_drivers_folder(local_ray, photos, tmp_path, monkeypatch):
+    monkeypatch.chdir(photos)
+    names = ["polo.jpg", "broken.jpg", "more/jeans.jpg"]
+    predict_batch(names, tmp_path / "ray", engine="ray", actors=1, batch_size=2)
+    predict_batch(names, tmp_path / "local")
+    ray_rows, local_rows = _rows(tmp_path / "ray"), _rows(tmp_path / "local")
+    assert set(ray_rows) == set(names)
+    for name in names:
+        assert ray_rows[name]["error"] == local_rows[name]["error"]
+        assert ray_rows[name]["node"] == local_rows[name]["node"]
+    assert ray_rows["broken.jpg"]["error"] and ray_rows["polo.jpg"]["error"] is None
