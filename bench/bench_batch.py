@@ -7,6 +7,7 @@ process (so that one row's warm caches or Ray cluster do not help the next):
 
 * ``local 1x2``  this process, ONNX Runtime with 2 threads (the default on 2 cores);
 * ``local 1x1``  the same with 1 thread (for reference);
+* ``local 2x1``  two worker processes (``--workers 2``), 1 thread each;
 * ``ray 1x2``    one Ray Data actor with 2 threads;
 * ``ray 2x1``    two actors with 1 thread each.
 
@@ -14,7 +15,8 @@ process (so that one row's warm caches or Ray cluster do not help the next):
 included); ``steady`` is the rate between the first and the last rows arriving (what a long
 run converges to). ``resume`` reruns the finished ``local 1x2`` output as a user would, as a
 fresh ``hedged batch`` process (every photo hashed, nothing answered), wall time.
-Peak memory: the process's peak RSS (local), or each Ray actor's peak RSS (``VmHWM`` of the
+Peak memory: the process's peak RSS (local; with workers, each worker's ``VmHWM`` as for
+actors), or each Ray actor's peak RSS (``VmHWM`` of the
 ``ray::MapWorker`` processes, sampled every 0.2 s).
 
     python bench/bench_batch.py --data ../shared/data/clothing --n 2000 --out bench/results/batch.json
@@ -37,8 +39,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import cpu_model
 
-CONFIGS = {"local 1x2": ("local", 1, 2), "local 1x1": ("local", 1, 1), "ray 1x2": ("ray", 1, 2),
-           "ray 2x1": ("ray", 2, 1)}
+CONFIGS = {"local 1x2": ("local", 1, 2), "local 1x1": ("local", 1, 1), "local 2x1": ("local", 2, 1),
+           "ray 1x2": ("ray", 1, 2), "ray 2x1": ("ray", 2, 1)}
 
 
 def _actor_peaks(stop: threading.Event, peaks: dict) -> None:
@@ -49,7 +51,7 @@ def _actor_peaks(stop: threading.Event, peaks: dict) -> None:
                 continue
             try:
                 cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-                if b"MapWorker" not in cmd:
+                if b"MapWorker" not in cmd and b"spawn_main" not in cmd:
                     continue
                 for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                     if line.startswith("VmHWM:"):
@@ -73,12 +75,13 @@ def run_one(args) -> dict:
     peaks: dict = {}
     stop = threading.Event()
     sampler = threading.Thread(target=_actor_peaks, args=(stop, peaks), daemon=True)
-    if engine == "ray":
+    if engine == "ray" or actors > 1:
         sampler.start()
     summary = predict_batch(paths, args.run_out, engine=engine, actors=actors if engine == "ray" else None,
-                            threads=threads, batch_size=args.batch_size, progress=progress)
+                            workers=actors if engine == "local" else 1, threads=threads,
+                            batch_size=args.batch_size, progress=progress)
     stop.set()
-    if engine == "ray":
+    if sampler.is_alive():
         sampler.join()
     (t0, n0), (t1, n1) = stamps[0], stamps[-1]
     return {

@@ -400,6 +400,7 @@ def predict_batch(
     bundle=None,
     engine: str = "local",
     actors: int | None = None,
+    workers: int = 1,
     threads: int | None = None,
     batch_size: int = 16,
     shard_size: int = 1000,
@@ -425,7 +426,10 @@ def predict_batch(
     bundle : model bundle folder or name (default: the bundled default model).
     engine : ``"local"`` or ``"ray"``.
     actors : Ray actors (default: one per CPU of the Ray cluster divided by ``threads``).
-    threads : ONNX Runtime threads per model (default: local, every core; ray, 1).
+    workers : local engine: processes that each load the bundle (default 1: this process).
+        On a CPU, ``workers`` = cores with ``threads=1`` outruns one process with every core.
+    threads : ONNX Runtime threads per model (default: local, every core, or 1 with
+        ``workers`` > 1; ray, 1).
     batch_size : photos per forward pass (and per Ray batch).
     shard_size, flush_seconds : a shard is written every ``shard_size`` rows or
         ``flush_seconds`` seconds, whichever comes first.
@@ -449,6 +453,10 @@ def predict_batch(
             raise BatchError(f"{name} must be at least 1, got {value}")
     if actors is not None and actors < 1:
         raise BatchError(f"actors must be at least 1, got {actors}")
+    if int(workers) < 1:
+        raise BatchError(f"workers must be at least 1, got {workers}")
+    if workers > 1 and engine != "local":
+        raise BatchError("workers are the local engine's processes; with engine='ray' use actors")
     if engine == "ray":
         _ray()  # a missing Ray is said before any work
     out = Path(out)
@@ -465,7 +473,7 @@ def predict_batch(
         from hedged.classifier import HedgedClassifier
 
         extra = {} if max_pixels is None else {"max_pixels": max_pixels}
-        local_threads = threads if engine == "local" else 1
+        local_threads = threads if engine == "local" and workers == 1 else 1
         classifier = HedgedClassifier.from_bundle(bundle, threads=local_threads, guarantee=guarantee or "auto",
                                                   batch_size=batch_size, **extra)
     guarantee = classifier.resolve_guarantee(guarantee)
@@ -503,7 +511,17 @@ def predict_batch(
         if unreadable:
             take(records_table(unreadable))
         if todo:
-            if engine == "local":
+            if engine == "local" and workers > 1:
+                where = getattr(getattr(classifier, "bundle_", None), "path", None)
+                if where is None:
+                    raise BatchError("workers > 1 load the bundle in each process: give a classifier from "
+                                     "HedgedClassifier.from_bundle() or a bundle")
+                for table in _pool_tables(todo, workers=workers, bundle=str(where), accuracy=accuracy,
+                                          guarantee=guarantee, check_taxonomy=check_taxonomy,
+                                          threads=1 if threads is None else threads, batch_size=batch_size,
+                                          max_pixels=max_pixels):
+                    take(table)
+            elif engine == "local":
                 answer = Answerer(accuracy=accuracy, guarantee=guarantee, check_taxonomy=check_taxonomy,
                                   batch_size=batch_size, classifier=classifier)
                 for i in range(0, len(todo), batch_size):
@@ -518,6 +536,57 @@ def predict_batch(
         writer.flush()  # Ctrl-C or an error: what was answered is kept, whole
     return BatchSummary(out=str(out), total=len(paths), answered=counts["answered"], failed=counts["failed"],
                         skipped=skipped, seconds=time.perf_counter() - start, shards=writer.shards, engine=engine)
+
+
+# ---------------------------------------------------------------------------- local processes
+_WORKER: Answerer | None = None
+
+
+def _start_worker(kwargs: dict) -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops the pool
+    parent = os.getppid()
+
+    def watch() -> None:  # a parent killed outright (SIGKILL) cannot stop its pool: leave with it
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    import threading
+
+    threading.Thread(target=watch, daemon=True).start()
+    global _WORKER
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _WORKER = Answerer(**kwargs)
+
+
+def _answer_in_worker(chunk: dict):
+    return _WORKER(chunk)
+
+
+def _pool_tables(todo: list[dict], *, workers: int, **kwargs) -> Iterable:
+    """Answer ``todo`` in ``workers`` processes (spawned, each loading the bundle once); yields tables as they finish."""
+    import multiprocessing
+
+    size = kwargs["batch_size"]
+    chunks = ({"image": [r["image"] for r in todo[i:i + size]], "sha256": [r["sha256"] for r in todo[i:i + size]]}
+              for i in range(0, len(todo), size))
+    pool = concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                                  initializer=_start_worker, initargs=(kwargs,))
+    try:
+        pending = set()
+        for chunk in chunks:  # at most two chunks per worker in flight: memory stays bounded
+            pending.add(pool.submit(_answer_in_worker, chunk))
+            if len(pending) >= 2 * workers:
+                done, pending = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+                for future in done:
+                    yield future.result()
+        for future in concurrent.futures.as_completed(pending):
+            yield future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ---------------------------------------------------------------------------- Ray

@@ -327,3 +327,34 @@ def test_ray_reads_relative_paths_from_the_drivers_folder(local_ray, photos, tmp
         assert ray_rows[name]["error"] == local_rows[name]["error"]
         assert ray_rows[name]["node"] == local_rows[name]["node"]
     assert ray_rows["broken.jpg"]["error"] and ray_rows["polo.jpg"]["error"] is None
+
+
+def test_local_worker_processes_give_the_same_rows(photos, expected, tmp_path):
+    summary = predict_batch(photos, tmp_path / "out", workers=2, batch_size=4, shard_size=10)
+    assert (summary.answered, summary.failed, summary.total) == (37, 2, 39)
+    _assert_rows_equal_predict(_rows(tmp_path / "out"), expected)
+
+
+def test_killed_worker_pool_leaves_no_process_behind(photos, tmp_path):
+    out = tmp_path / "out"
+    cmd = [*HEDGED, "batch", str(photos), "--out", str(out), "--workers", "2", "--batch-size", "2",
+           "--shard-size", "2"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(shard_files(out)) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    children = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()] \
+        if Path(f"/proc/{proc.pid}/task/{proc.pid}/children").exists() else []
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert len(shard_files(out)) >= 2, "the run was not killed part-way"
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{c}").exists() and "Z" not in Path(f"/proc/{c}/stat").read_text().split()[2]
+              for c in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    alive = [c for c in children if Path(f"/proc/{c}").exists()
+             and Path(f"/proc/{c}/stat").read_text().split()[2] != "Z"]
+    assert children and not alive
+    resumed = predict_batch(photos, out, workers=2)
+    assert resumed.skipped >= 4 and resumed.skipped + resumed.answered + resumed.failed == 39
+    assert len(_rows(out)) == 39

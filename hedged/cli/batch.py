@@ -44,7 +44,8 @@ examples:
   python -c "import pyarrow.parquet as pq; print(pq.read_table('answers/').to_pandas())"
 
 --engine local (default) runs the model in this process with --threads ONNX
-Runtime threads (default: every core). --engine ray needs `pip install
+Runtime threads (default: every core), or in --workers processes (one thread each
+by default; on N cores --workers N is the fastest layout). --engine ray needs `pip install
 'hedged[ray]'`: a pool of --actors Ray Data actors, each loading the bundle once
 with --threads threads (default 1, and one actor per CPU of the cluster); a local
 Ray is started unless --address or RAY_ADDRESS names a cluster (the bundle folder
@@ -68,10 +69,14 @@ def build_parser() -> Parser:
     p.add_argument("--model", metavar="DIR", default=None, help="model bundle (default: the bundled model)")
     p.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="local (default): this process; ray: a pool of Ray Data actors")
+    p.add_argument("--workers", type=positive_int, default=1, metavar="N",
+                   help="local engine: processes that each load the model (default 1, this process); on N cores "
+                        "--workers N --threads 1 is the fastest layout")
     p.add_argument("--actors", type=positive_int, default=None, metavar="N",
                    help="Ray actors (default: the cluster's CPUs divided by --threads)")
     p.add_argument("--threads", type=positive_int, default=None, metavar="N",
-                   help="ONNX Runtime threads per model (default: local every core, ray 1 per actor)")
+                   help="ONNX Runtime threads per model (default: local every core, or 1 with --workers; "
+                        "ray 1 per actor)")
     p.add_argument("--batch-size", type=positive_int, default=16, metavar="N",
                    help="photos per forward pass and per Ray batch (default 16)")
     p.add_argument("--shard-size", type=positive_int, default=1000, metavar="N",
@@ -125,8 +130,10 @@ def _run(args) -> int:
         except BatchError as err:
             raise UsageError(str(err)) from None
     extra = {} if args.max_pixels is None else {"max_pixels": args.max_pixels}
+    if args.workers > 1 and args.engine != "local":
+        raise UsageError("--workers is for --engine local; on Ray, --actors sets the processes")
     clf = load_classifier(args.model, guarantee=args.guarantee, batch_size=args.batch_size,
-                          threads=args.threads if args.engine == "local" else 1, **extra)
+                          threads=args.threads if args.engine == "local" and args.workers == 1 else 1, **extra)
     bar = _progress()
     task = None
     if bar is not None:
@@ -144,7 +151,7 @@ def _run(args) -> int:
             warnings.simplefilter("always")
             summary = predict_batch(
                 args.inputs, args.out, accuracy, args.guarantee, bundle=args.model, engine=args.engine,
-                actors=args.actors, threads=args.threads, batch_size=args.batch_size, shard_size=args.shard_size,
+                actors=args.actors, workers=args.workers, threads=args.threads, batch_size=args.batch_size, shard_size=args.shard_size,
                 flush_seconds=args.flush_seconds, address=args.address, check_taxonomy=args.check_taxonomy,
                 max_pixels=args.max_pixels, path_column=args.path_column, progress=progress, classifier=clf,
             )
