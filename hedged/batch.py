@@ -528,6 +528,9 @@ def predict_batch(
                     chunk = todo[i:i + batch_size]
                     take(answer({"image": [r["image"] for r in chunk], "sha256": [r["sha256"] for r in chunk]}))
             else:
+                if bundle is None:  # the actors load the bundle the given classifier came from
+                    bundle = getattr(getattr(classifier, "bundle_", None), "path", None)
+                    bundle = None if bundle is None else str(bundle)
                 for table in _ray_tables(todo, bundle=bundle, accuracy=accuracy, guarantee=guarantee,
                                          check_taxonomy=check_taxonomy, actors=actors, threads=threads,
                                          batch_size=batch_size, address=address, max_pixels=max_pixels):

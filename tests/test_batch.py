@@ -358,3 +358,15 @@ def test_killed_worker_pool_leaves_no_process_behind(photos, tmp_path):
     resumed = predict_batch(photos, out, workers=2)
     assert resumed.skipped >= 4 and resumed.skipped + resumed.answered + resumed.failed == 39
     assert len(_rows(out)) == 39
+
+
+def test_ray_actors_load_the_bundle_the_classifier_came_from(local_ray, tmp_path):
+    from hedged import HedgedClassifier
+
+    clf = HedgedClassifier.from_bundle("clothing")  # the torch bundle, not the int8 default
+    photos = [REPO / "examples" / "polo.jpg", REPO / "examples" / "dress.jpg"]
+    predict_batch(photos, tmp_path / "ray", classifier=clf, engine="ray", actors=1)
+    predict_batch(photos, tmp_path / "local", classifier=clf)
+    ray_rows, local_rows = _rows(tmp_path / "ray"), _rows(tmp_path / "local")
+    for image, row in local_rows.items():
+        assert ray_rows[image]["leaf_probability"] == pytest.approx(row["leaf_probability"], abs=1e-6)
