@@ -226,6 +226,7 @@ def test_bad_arguments_are_one_line(tmp_path):
         ([str(empty), "--out", str(tmp_path / "o")], f"error: {empty}: no image files in this folder"),
         ([str(REPO / "examples"), "--out", str(REPO / "README.md")], f"error: {REPO / 'README.md'} exists and is not a folder"),
         ([str(REPO / "examples"), "--out", str(tmp_path / "o"), "--accuracy", "2"], "error: --accuracy must be in (0, 1], got '2'"),
+        ([str(tmp_path / "phtos"), "--out", str(tmp_path / "o")], f"error: {tmp_path / 'phtos'}: no such file or folder"),
     ]
     for argv, line in cases:
         run = subprocess.run(check=False, args=[*HEDGED, "batch", *argv], capture_output=True, text=True, cwd=REPO, timeout=120)

@@ -52,8 +52,8 @@ Ray is started unless --address or RAY_ADDRESS names a cluster (the bundle folde
 must then exist on every node, or be a bundled name).
 
 exit status: 0 every photo answered (or already done); 1 at least one error row
-written in this run; 2 usage error (bad --accuracy, missing model, an --out made
-with other settings, Ray missing, ...); 130 interrupted (Ctrl-C): the rows answered
+written in this run; 2 usage error (an INPUT that does not exist, bad --accuracy,
+missing model, an --out made with other settings, Ray missing, ...); 130 interrupted (Ctrl-C): the rows answered
 so far are written, and the same command goes on from there.
 """
 
@@ -117,6 +117,11 @@ def _progress():
 
 def _run(args) -> int:
     accuracy = parse_accuracy(args.accuracy)
+    import os
+
+    for item in args.inputs:  # a typo on the command line is a usage error, not an error row
+        if "://" not in item and not set("*?[") & set(item) and not os.path.exists(item):
+            raise UsageError(f"{item}: no such file or folder")
     if not args.flush_seconds > 0:
         raise UsageError(f"--flush-seconds must be positive, got {args.flush_seconds}")
     from hedged.batch import BatchError, predict_batch
