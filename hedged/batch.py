@@ -60,7 +60,9 @@ def _pyarrow():
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        raise BatchError("batch prediction writes Parquet and needs pyarrow: pip install 'hedged[batch]'") from None
+        from hedged.models.extras import hint
+
+        raise BatchError(f"pyarrow is not installed and batch prediction (Parquet) needs it: {hint('batch')}") from None
     return pa, pq
 
 
@@ -88,7 +90,9 @@ def _fs(uri: str):
     try:
         import fsspec
     except ImportError:
-        raise BatchError(f"{uri}: paths with a protocol need fsspec: pip install 'hedged[batch]'") from None
+        from hedged.models.extras import hint
+
+        raise BatchError(f"{uri}: fsspec is not installed and paths with a protocol need it: {hint('batch')}") from None
     try:
         return fsspec.core.url_to_fs(uri)
     except (ImportError, ValueError) as err:  # an unknown protocol, or its package missing
@@ -457,8 +461,9 @@ def predict_batch(
         raise BatchError(f"workers must be at least 1, got {workers}")
     if workers > 1 and engine != "local":
         raise BatchError("workers are the local engine's processes; with engine='ray' use actors")
+    _pyarrow()  # a missing extra is said before any work
     if engine == "ray":
-        _ray()  # a missing Ray is said before any work
+        _ray()
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise BatchError(f"{out} exists and is not a folder")
@@ -598,7 +603,9 @@ def _ray():
         import ray
         import ray.data
     except ImportError:
-        raise BatchError("--engine ray needs Ray Data: pip install 'hedged[ray]'") from None
+        from hedged.models.extras import hint
+
+        raise BatchError(f"ray[data] is not installed and --engine ray needs it: {hint('ray')}") from None
     return ray
 
 

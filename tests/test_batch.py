@@ -240,7 +240,8 @@ def test_missing_ray_is_one_line(monkeypatch, capsys, tmp_path):
 
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     assert cli.main([str(REPO / "examples"), "--out", str(tmp_path / "o"), "--engine", "ray"]) == 2
-    assert capsys.readouterr().err == "error: --engine ray needs Ray Data: pip install 'hedged[ray]'\n"
+    assert capsys.readouterr().err == ("error: ray[data] is not installed and --engine ray needs it: pip install "
+                                       "'hedged[ray]' (from a source checkout: pip install -e '.[ray]')\n")
     assert not (tmp_path / "o").exists()
 
 
@@ -371,3 +372,14 @@ def test_ray_actors_load_the_bundle_the_classifier_came_from(local_ray, tmp_path
     ray_rows, local_rows = _rows(tmp_path / "ray"), _rows(tmp_path / "local")
     for image, row in local_rows.items():
         assert ray_rows[image]["leaf_probability"] == pytest.approx(row["leaf_probability"], abs=1e-6)
+
+
+def test_missing_pyarrow_is_one_line(monkeypatch, capsys, tmp_path):
+    from hedged.cli import batch as cli
+
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    assert cli.main([str(REPO / "examples"), "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == (
+        "error: pyarrow is not installed and batch prediction (Parquet) needs it: pip install 'hedged[batch]' "
+        "(from a source checkout: pip install -e '.[batch]')\n")
