@@ -461,9 +461,7 @@ def predict_batch(
         raise BatchError(f"workers must be at least 1, got {workers}")
     if workers > 1 and engine != "local":
         raise BatchError("workers are the local engine's processes; with engine='ray' use actors")
-    _pyarrow()  # a missing extra is said before any work
-    if engine == "ray":
-        _ray()
+    require_extras(engine)  # a missing extra is said before any work
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise BatchError(f"{out} exists and is not a folder")
@@ -595,6 +593,13 @@ def _pool_tables(todo: list[dict], *, workers: int, **kwargs) -> Iterable:
             yield future.result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def require_extras(engine: str = "local") -> None:
+    """Raise :class:`BatchError` (one line naming the extra) unless ``engine`` can run here."""
+    _pyarrow()
+    if engine == "ray":
+        _ray()
 
 
 # ---------------------------------------------------------------------------- Ray

@@ -94,6 +94,13 @@ def expected(photos):
     return _predict_json(paths)
 
 
+def test_the_schema_is_the_answer_record_plus_the_batch_fields():
+    from hedged.batch import BATCH_FIELDS
+    from hedged.results import RECORD_FIELDS
+
+    assert schema().names == [*RECORD_FIELDS, *BATCH_FIELDS]
+
+
 def test_local_rows_equal_predict_json(photos, expected, tmp_path):
     out = tmp_path / "out"
     run = subprocess.run(check=False, args=[*HEDGED, "batch", str(photos), "--out", str(out), "--shard-size", "16"],

@@ -124,16 +124,13 @@ def _run(args) -> int:
             raise UsageError(f"{item}: no such file or folder")
     if not args.flush_seconds > 0:
         raise UsageError(f"--flush-seconds must be positive, got {args.flush_seconds}")
-    from hedged.batch import BatchError, predict_batch
+    from hedged.batch import BatchError, predict_batch, require_extras
     from hedged.cli._common import load_classifier
 
-    if args.engine == "ray":
-        from hedged.batch import _ray
-
-        try:
-            _ray()
-        except BatchError as err:
-            raise UsageError(str(err)) from None
+    try:  # before the model is loaded
+        require_extras(args.engine)
+    except BatchError as err:
+        raise UsageError(str(err)) from None
     extra = {} if args.max_pixels is None else {"max_pixels": args.max_pixels}
     if args.workers > 1 and args.engine != "local":
         raise UsageError("--workers is for --engine local; on Ray, --actors sets the processes")
