@@ -290,6 +290,12 @@ class ShardWriter:
         self.pending, self.rows, self.shards, self.last = [], 0, self.shards + 1, time.monotonic()
 
 
+def error_row(image: str, sha256: str | None, error: str, accuracy: float, guarantee: str) -> dict:
+    """The row of a photo that could not be answered: its answer fields stay null."""
+    return {"image": image, "sha256": sha256, "error": error, "accuracy_target": accuracy,
+            "guarantee": guarantee, "guarantee_holds": False}
+
+
 def records_table(records: Sequence[dict]):
     """Batch rows (answer records with ``sha256`` and ``error``) as a table of :func:`schema`."""
     pa, _ = _pyarrow()
@@ -376,10 +382,10 @@ class Answerer:
                 record["image"] = paths[i]
                 records[i] = record
         for i, record in enumerate(records):
-            record.setdefault("error", None)
-            record["sha256"] = hashes[i]
-            if record["error"] is not None:
-                record.update(accuracy_target=self.accuracy, guarantee=self.guarantee, guarantee_holds=False)
+            if record.get("error") is not None:
+                records[i] = error_row(paths[i], hashes[i], record["error"], self.accuracy, self.guarantee)
+            else:
+                record.update(sha256=hashes[i], error=None)
         return records_table(records)
 
 
@@ -493,8 +499,7 @@ def predict_batch(
         if (path, digest) in done:
             skipped += 1
         elif err is not None:
-            unreadable.append({"image": path, "sha256": None, "error": err, "accuracy_target": accuracy,
-                               "guarantee": guarantee, "guarantee_holds": False})
+            unreadable.append(error_row(path, None, err, accuracy, guarantee))
         else:
             todo.append({"image": path, "sha256": digest})
 
